@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine (see README):
+#   make demo   runs the main job
+#   make test   runs the test suite (what .ci/run calls)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup demo test lint clean
+setup: $(VENV)/.installed
+
+# Order matters: the pinned CPU torch goes in first so that no later resolver pulls a CUDA build;
+# SGLang itself goes in without its dependencies (they pin a CUDA torch and GPU kernels).
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev,rollout]'
+	$(PIP) install --quiet --no-deps sglang==0.5.23 sglang-router==0.3.2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/s2l demo
+
+test: setup
+	$(PY) -m pytest tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""megatron-s2l: a Megatron-core GRPO trainer for S2L-PO (small-to-large policy optimization)."""

@@ -1,0 +1,5 @@
+import sys
+
+from megatron_s2l.cli import main
+
+sys.exit(main())

@@ -1,0 +1,130 @@
+"""The run configuration: one typed section per component, loaded from `yaml/*.yaml`.
+
+Load with `load_config(path, overrides)`; overrides are `key.sub=value`. Every default and its
+meaning is listed in docs/config.md (generated from the docstrings below by `s2l config --reference`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from megatron_s2l.algo import LossConfig
+from megatron_s2l.configio import ConfigError, apply_overrides, build, read_yaml
+
+
+@dataclass(kw_only=True, slots=True)
+class ModelConfig:
+    learner: str = ""
+    """Hugging Face checkpoint directory of the learner (the model being trained)."""
+    explorer: str = ""
+    """Hugging Face checkpoint directory of the frozen explorer; empty for plain GRPO (t_mix = 0)."""
+
+
+@dataclass(kw_only=True, slots=True)
+class ScheduleConfig:
+    steps: int = 100
+    """Training steps T (one rollout batch and one policy update each)."""
+    t_mix: int = 0
+    """Mixing steps T_mix: the explorer share anneals from 1 at step 1 to 0 at step T_mix; 0 = no explorer."""
+    group_size: int = 8
+    """Samples per prompt G (explorer + learner), the group the advantage is relative to."""
+    prompts_per_step: int = 32
+    """Prompts per rollout batch."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "group_size", "prompts_per_step"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.t_mix < 0:
+            raise ValueError(f"t_mix must be >= 0, got {self.t_mix}")
+
+
+@dataclass(kw_only=True, slots=True)
+class AlgoConfig:
+    norm_adv_by_std: bool = True
+    """Divide group-centred rewards by the group std (GRPO); false is Dr.GRPO."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """The policy objective: clipping, aggregation, KL and entropy terms."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal and sample more prompts."""
+    max_sampling_rounds: int = 10
+    """With dynamic sampling: give up (error) after this many extra generation rounds per step."""
+    overlong_buffer: int = 0
+    """DAPO overlong shaping: penalise the last `overlong_buffer` tokens before max_new_tokens; 0 = off."""
+    overlong_penalty_factor: float = 1.0
+    """Penalty at max_new_tokens (linear from 0 at the buffer's start)."""
+
+    def __post_init__(self) -> None:
+        if self.max_sampling_rounds < 1:
+            raise ValueError(f"max_sampling_rounds must be >= 1, got {self.max_sampling_rounds}")
+        if self.overlong_buffer < 0:
+            raise ValueError(f"overlong_buffer must be >= 0, got {self.overlong_buffer}")
+        if self.overlong_penalty_factor < 0:
+            raise ValueError(f"overlong_penalty_factor must be >= 0, got {self.overlong_penalty_factor}")
+
+
+@dataclass(kw_only=True, slots=True)
+class CheckpointConfig:
+    every_steps: int = 0
+    """Save learner and loop state every N steps (and at the end); 0 = only at the end."""
+    keep_last: int = 2
+    """Checkpoints kept on disk (older ones are deleted after a newer one is complete)."""
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0:
+            raise ValueError(f"every_steps must be >= 0, got {self.every_steps}")
+        if self.keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
+
+
+@dataclass(kw_only=True, slots=True)
+class LoggingConfig:
+    run_dir: str = "runs/{name}"
+    """Run directory ({name} is replaced by the run name): config, metrics, plots, checkpoints."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files."""
+
+
+@dataclass(kw_only=True, slots=True)
+class EvalConfig:
+    every_steps: int = 0
+    """Evaluate on the held-out prompts every N steps; 0 = never."""
+    samples_per_prompt: int = 16
+    """k of avg@k (the paper reports avg@16)."""
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0:
+            raise ValueError(f"every_steps must be >= 0, got {self.every_steps}")
+        if self.samples_per_prompt < 1:
+            raise ValueError(f"samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
+
+
+@dataclass(kw_only=True, slots=True)
+class S2LConfig:
+    name: str = "run"
+    """Run name (used in the run directory)."""
+    seed: int = 0
+    """Seed for data order, sampling seeds and initialisation."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        """Checks across sections; raises ValueError naming the keys."""
+        if self.schedule.t_mix > 0 and not self.model.explorer:
+            raise ValueError("schedule.t_mix > 0 needs model.explorer (the explorer's checkpoint)")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> S2LConfig:
+    """Load `path` (with its `base:` chain), apply `key.sub=value` overrides, build and validate."""
+    data = apply_overrides(read_yaml(path), overrides or [])
+    cfg = build(S2LConfig, data, source=str(path))
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from e
+    return cfg

@@ -1,0 +1,47 @@
+"""The `s2l` console script as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def s2l(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "megatron_s2l", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+
+
+def test_schedule_json() -> None:
+    out = s2l("schedule", "--steps", "6", "--t-mix", "4", "--group-size", "9", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [(r["step"], r["g_explorer"], r["g_learner"]) for r in rows] == [
+        (1, 9, 0), (2, 6, 3), (3, 3, 6), (4, 0, 9), (5, 0, 9), (6, 0, 9),
+    ]  # fmt: skip
+    assert rows[1]["alpha"] == 2 / 3 and set(rows[0]) == {"step", "alpha", "g_explorer", "g_learner"}
+
+
+def test_schedule_table_and_t_mix_beyond_run() -> None:
+    out = s2l("schedule", "--steps", "2", "--t-mix", "5", "--group-size", "8")
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    assert lines[1].split() == ["1", "1.0000", "8", "0"]
+    assert lines[2].split() == ["2", "0.7500", "6", "2"]
+    assert "still mixing" in out.stdout
+
+
+def test_bad_arguments_exit_2_with_message() -> None:
+    out = s2l("schedule", "--steps", "0", "--t-mix", "1", "--group-size", "8")
+    assert out.returncode == 2 and "steps must be >= 1" in out.stderr
+
+
+def test_config_prints_resolved_yaml_and_reports_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("schedule: {steps: 3}\n")
+    out = s2l("config", str(path), "schedule.group_size=4")
+    assert out.returncode == 0 and "group_size: 4" in out.stdout and "steps: 3" in out.stdout
+    bad = s2l("config", str(path), "schedule.bogus=1")
+    assert bad.returncode == 2 and "schedule.bogus: unknown key" in bad.stderr

@@ -1,0 +1,82 @@
+"""Config loading: every shipped YAML loads; bad input names the file and the key."""
+
+from pathlib import Path
+
+import pytest
+
+from megatron_s2l.cli import config_reference
+from megatron_s2l.config import S2LConfig, load_config
+from megatron_s2l.configio import ConfigError, build
+
+ROOT = Path(__file__).resolve().parents[2]
+YAMLS = sorted((ROOT / "yaml").glob("*.yaml"))
+
+
+def test_yaml_folder_is_not_empty() -> None:
+    assert YAMLS, "yaml/ holds the run configurations"
+
+
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
+def test_every_shipped_yaml_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert isinstance(cfg, S2LConfig)
+
+
+def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_overrides_and_base_overlay(tmp_path: Path) -> None:
+    write(tmp_path, "schedule: {steps: 7, group_size: 4}\nalgo: {loss: {clip_high: 0.28}}\n", "base.yaml")
+    child = write(tmp_path, "base: base.yaml\nschedule: {steps: 9}\n")
+    cfg = load_config(child, ["algo.loss.clip_c=3", "algo.loss.agg=seq-mean-token-mean", "seed=5"])
+    assert cfg.schedule.steps == 9 and cfg.schedule.group_size == 4  # overlay merged, not replaced
+    assert cfg.algo.loss.clip_high == 0.28
+    assert cfg.algo.loss.clip_c == 3.0 and isinstance(cfg.algo.loss.clip_c, float)
+    assert cfg.algo.loss.agg == "seq-mean-token-mean" and cfg.seed == 5
+    assert load_config(child, ["algo.loss.clip_c=null"]).algo.loss.clip_c is None
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "match"),
+    [
+        ("schedule: {stepz: 3}\n", [], r"c\.yaml: schedule\.stepz: unknown key"),
+        ("schedule: {steps: three}\n", [], r"c\.yaml: schedule\.steps: expected an integer"),
+        ("schedule: {steps: 2.5}\n", [], r"schedule\.steps: expected an integer"),
+        ("algo: {dynamic_sampling: 1}\n", [], r"algo\.dynamic_sampling: expected true/false"),
+        ("algo: {loss: {agg: mean}}\n", [], r"algo\.loss\.agg: must be one of"),
+        ("algo: {loss: {clip_low: 1.5}}\n", [], r"c\.yaml: algo\.loss: clip_low must be in"),
+        ("schedule: {group_size: 0}\n", [], r"schedule: group_size must be >= 1"),
+        ("schedule: 3\n", [], r"schedule: expected a mapping"),
+        ("schedule: {steps: [1\n", [], r"malformed YAML"),
+        ("- a\n- b\n", [], r"top level must be a mapping"),
+        ("schedule: {t_mix: 3}\n", [], r"t_mix > 0 needs model\.explorer"),
+        ("{}\n", ["schedule.nope=1"], r"schedule\.nope: unknown key"),
+        ("{}\n", ["seed"], r"key\.sub=value"),
+        ("seed: 3\n", ["seed.x=1"], r"seed: is not a section"),
+        ("base: missing.yaml\n", [], r"no such config file"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path: Path, text: str, overrides: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, text), overrides)
+
+
+def test_base_cycle_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path, "base: b.yaml\n", "a.yaml")
+    write(tmp_path, "base: a.yaml\n", "b.yaml")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_build_defaults_and_int_accepted_for_float() -> None:
+    assert build(S2LConfig, {}) == S2LConfig()
+    cfg = build(S2LConfig, {"algo": {"loss": {"clip_low": 0}}})
+    assert cfg.algo.loss.clip_low == 0.0 and isinstance(cfg.algo.loss.clip_low, float)
+
+
+def test_docs_config_reference_is_current() -> None:
+    """docs/config.md is generated; regenerate with `s2l config --reference > docs/config.md`."""
+    assert (ROOT / "docs" / "config.md").read_text() == config_reference()

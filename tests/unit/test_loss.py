@@ -1,0 +1,180 @@
+"""The GRPO policy loss, KL estimators and aggregation against a float64 scalar re-derivation."""
+
+import math
+
+import pytest
+import torch
+
+from megatron_s2l.algo import (
+    LOSS_AGG_MODES,
+    LossConfig,
+    aggregate,
+    entropy_from_logits,
+    grpo_loss,
+    kl_penalty,
+    policy_loss,
+)
+
+
+def token_loss_reference(logp: float, old: float, adv: float, lo: float, hi: float, c: float | None) -> float:
+    ratio = math.exp(max(-20.0, min(20.0, logp - old)))
+    loss = max(-adv * ratio, -adv * min(max(ratio, 1 - lo), 1 + hi))
+    if c is not None and adv < 0:
+        loss = min(loss, -adv * c)
+    return loss
+
+
+def aggregate_reference(losses: list[list[float]], mask: list[list[int]], agg: str, horizon: int) -> float:
+    if agg == "token-mean":
+        total = sum(
+            x * m for row, mrow in zip(losses, mask, strict=True) for x, m in zip(row, mrow, strict=True)
+        )
+        return total / max(1, sum(map(sum, mask)))
+    seq = []
+    for row, mrow in zip(losses, mask, strict=True):
+        s = sum(x * m for x, m in zip(row, mrow, strict=True))
+        if agg == "seq-mean-token-mean":
+            s /= max(1, sum(mrow))
+        elif agg == "seq-mean-token-sum-norm":
+            s /= horizon
+        seq.append(s)
+    return sum(seq) / len(seq)
+
+
+def random_batch(B: int = 6, T: int = 9, seed: int | None = None):
+    gen = torch.Generator().manual_seed(torch.seed() if seed is None else seed)
+    old = -torch.rand(B, T, generator=gen, dtype=torch.float64) * 3
+    logp = old + torch.randn(B, T, generator=gen, dtype=torch.float64) * 0.4  # ratios well outside the clip
+    adv = torch.randn(B, generator=gen, dtype=torch.float64)
+    lengths = torch.randint(0, T + 1, (B,), generator=gen)
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).to(torch.float64)
+    return logp, old, adv, mask
+
+
+@pytest.mark.parametrize("agg", LOSS_AGG_MODES)
+@pytest.mark.parametrize("clip_c", [None, 3.0])
+def test_policy_loss_matches_scalar_reference(agg: str, clip_c: float | None) -> None:
+    logp, old, adv, mask = random_batch()
+    loss, metrics = policy_loss(
+        logp.float(), old.float(), adv.float(), mask, clip_low=0.2, clip_high=0.28, clip_c=clip_c, agg=agg
+    )
+    B, T = logp.shape
+    token_losses = [
+        [token_loss_reference(logp[b, t].item(), old[b, t].item(), adv[b].item(), 0.2, 0.28, clip_c)
+         for t in range(T)] for b in range(B)
+    ]  # fmt: skip
+    want = aggregate_reference(token_losses, mask.int().tolist(), agg, T)
+    assert loss.item() == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+    ratio = (logp - old).exp()
+    n = mask.sum().clamp(min=1)
+    high = ((ratio > 1.28) & (adv[:, None] > 0)).double()
+    low = ((ratio < 0.8) & (adv[:, None] < 0)).double()
+    assert metrics["clipfrac_high"].item() == pytest.approx(((high * mask).sum() / n).item(), abs=1e-6)
+    assert metrics["clipfrac_low"].item() == pytest.approx(((low * mask).sum() / n).item(), abs=1e-6)
+    assert metrics["approx_kl"].item() == pytest.approx((((old - logp) * mask).sum() / n).item(), rel=1e-4)
+    if clip_c is None:
+        assert metrics["clipfrac_dual"].item() == 0.0
+
+
+def test_dual_clip_hand_case() -> None:
+    # A = -1, ratio = e^2 ~ 7.39: PPO clip alone keeps -A*ratio = 7.39; dual clip caps it at -A*c = 3.
+    logp, old = torch.tensor([[2.0]]), torch.tensor([[0.0]])
+    adv, mask = torch.tensor([-1.0]), torch.ones(1, 1)
+    no_dual, _ = policy_loss(logp, old, adv, mask)
+    dual, metrics = policy_loss(logp, old, adv, mask, clip_c=3.0)
+    assert no_dual.item() == pytest.approx(math.exp(2.0), rel=1e-6)
+    assert dual.item() == pytest.approx(3.0)
+    assert metrics["clipfrac_dual"].item() == 1.0
+
+
+def test_clip_higher_hand_case() -> None:
+    # A = +1, ratio 1.25: clipped by the symmetric 0.2 clip (loss -1.2) but not by clip_high 0.28.
+    logp, old = torch.tensor([[math.log(1.25)]]), torch.zeros(1, 1)
+    adv, mask = torch.ones(1), torch.ones(1, 1)
+    sym, m_sym = policy_loss(logp, old, adv, mask, clip_high=0.2)
+    dapo, m_dapo = policy_loss(logp, old, adv, mask, clip_high=0.28)
+    assert sym.item() == pytest.approx(-1.2) and m_sym["clipfrac_high"].item() == 1.0
+    assert dapo.item() == pytest.approx(-1.25) and m_dapo["clipfrac_high"].item() == 0.0
+
+
+@pytest.mark.parametrize("agg", LOSS_AGG_MODES)
+def test_micro_batch_gradients_equal_full_batch(agg: str) -> None:
+    """Summing micro-batch losses normalised by the global counts gives the full-batch gradient."""
+    logp, old, adv, mask = random_batch(B=8, T=7)
+    kwargs = dict(clip_low=0.2, clip_high=0.28, clip_c=3.0, agg=agg, norm_len=7)
+    full = logp.clone().requires_grad_()
+    policy_loss(full, old, adv, mask, **kwargs)[0].backward()
+
+    micro = logp.clone().requires_grad_()
+    total = 0.0
+    for rows in (slice(0, 3), slice(3, 4), slice(4, 8)):  # uneven micro-batches
+        loss, _ = policy_loss(
+            micro[rows], old[rows], adv[rows], mask[rows],
+            global_tokens=mask.sum().item(), global_seqs=mask.shape[0], **kwargs,
+        )  # fmt: skip
+        loss.backward()
+        total += loss.item()
+    torch.testing.assert_close(micro.grad, full.grad, rtol=1e-12, atol=1e-12)
+    assert total == pytest.approx(policy_loss(logp, old, adv, mask, **kwargs)[0].item(), rel=1e-12)
+
+
+def test_micro_batch_without_global_count_differs() -> None:
+    # Guards the test above: local token-mean normalisation really gives another gradient.
+    logp, old, adv, mask = random_batch(B=8, T=7, seed=3)
+    mask[0] = 1.0
+    mask[1:4] = 0.0
+    mask[1:4, 0] = 1.0
+    full = logp.clone().requires_grad_()
+    policy_loss(full, old, adv, mask)[0].backward()
+    micro = logp.clone().requires_grad_()
+    for rows in (slice(0, 4), slice(4, 8)):
+        policy_loss(micro[rows], old[rows], adv[rows], mask[rows])[0].backward()
+    assert not torch.allclose(micro.grad, full.grad)
+
+
+def test_kl_estimators_against_formulas() -> None:
+    logp = torch.randn(50, dtype=torch.float64)
+    ref = torch.randn(50, dtype=torch.float64)
+    d = (logp - ref).tolist()
+    k1 = kl_penalty(logp, ref, "k1").tolist()
+    k2 = kl_penalty(logp, ref, "k2").tolist()
+    k3 = kl_penalty(logp, ref, "k3").tolist()
+    for x, a, b, c in zip(d, k1, k2, k3, strict=True):
+        assert a == pytest.approx(x)
+        assert b == pytest.approx(0.5 * x * x)
+        assert c == pytest.approx(min(10.0, math.exp(-x) + x - 1))
+    # k3 clamps: a huge log-ratio gives exactly the clamp, never inf
+    assert kl_penalty(torch.tensor([-50.0]), torch.tensor([0.0]), "k3").item() == 10.0
+    assert kl_penalty(torch.tensor([0.3]), torch.tensor([0.3]), "k3").item() == 0.0
+
+
+def test_entropy_from_logits_against_definition() -> None:
+    logits = torch.randn(4, 11, dtype=torch.float64) * 5
+    p = logits.softmax(-1)
+    want = -(p * p.log()).sum(-1)
+    torch.testing.assert_close(entropy_from_logits(logits), want.float(), rtol=1e-5, atol=1e-6)
+
+
+def test_grpo_loss_composes_terms() -> None:
+    logp, old, adv, mask = random_batch(seed=7)
+    ref = old + 0.1
+    entropy = torch.rand_like(logp)
+    cfg = LossConfig(clip_high=0.28, kl_coef=0.05, kl_estimator="k3", entropy_coef=0.01)
+    loss, metrics = grpo_loss(cfg, logp, old, adv, mask, ref_logprobs=ref, entropy=entropy)
+    pg, _ = policy_loss(logp, old, adv, mask, clip_high=0.28)
+    kl = aggregate(kl_penalty(logp, ref, "k3"), mask)
+    ent = aggregate(entropy, mask)
+    assert loss.item() == pytest.approx((pg + 0.05 * kl - 0.01 * ent).item(), rel=1e-10)
+    assert metrics["kl"].item() == pytest.approx(kl.item())
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        grpo_loss(cfg, logp, old, adv, mask, entropy=entropy)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"clip_low": 1.0}, "clip_low"), ({"clip_c": 0.5}, "clip_c"), ({"kl_coef": -1.0}, "kl_coef")],
+)
+def test_loss_config_rejects_impossible_values(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        LossConfig(**kwargs)
