@@ -18,7 +18,9 @@ import sys
 import yaml
 
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
-_COMMANDS: dict[str, tuple[str, str]] = {}
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "plot": ("megatron_s2l.plot", "draw PNG curves of one run, or of several runs on shared axes"),
+}
 
 
 def _add_schedule(sub: argparse._SubParsersAction) -> None:

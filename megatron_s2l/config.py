@@ -11,6 +11,8 @@ from pathlib import Path
 
 from megatron_s2l.algo import LossConfig
 from megatron_s2l.configio import ConfigError, apply_overrides, build, read_yaml
+from megatron_s2l.data import DataConfig
+from megatron_s2l.reward import RewardConfig
 
 
 @dataclass(kw_only=True, slots=True)
@@ -109,6 +111,8 @@ class S2LConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

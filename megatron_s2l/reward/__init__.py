@@ -1,0 +1,23 @@
+"""Rewards: rule-based scoring of responses by data source, and a time-limited process pool for it."""
+
+from megatron_s2l.reward.scorer import RewardConfig, RewardResult, RewardScorer
+from megatron_s2l.reward.sources import (
+    BOXED_SOURCES,
+    CHOICE_SOURCES,
+    DAPO_SOURCE_PREFIX,
+    DAPO_SOURCES,
+    compute_score,
+    wrong_answer_score,
+)
+
+__all__ = [
+    "BOXED_SOURCES",
+    "CHOICE_SOURCES",
+    "DAPO_SOURCES",
+    "DAPO_SOURCE_PREFIX",
+    "RewardConfig",
+    "RewardResult",
+    "RewardScorer",
+    "compute_score",
+    "wrong_answer_score",
+]

@@ -1,0 +1,46 @@
+"""Which reward function scores which data source (the `data_source` column of verl-format data)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from megatron_s2l.reward.choice import CHOICE_WRONG, score_choice
+from megatron_s2l.reward.math_reward import BOXED_WRONG, DAPO_WRONG, score_boxed, score_dapo
+
+ScoreFn = Callable[[str, str], dict[str, float | bool | str]]
+
+DAPO_SOURCES = ("math_dapo", "synthetic_arith")
+DAPO_SOURCE_PREFIX = "aime"
+"""Every source whose name starts with this (aime24, aime_2025, ...) is scored the DAPO way."""
+BOXED_SOURCES = ("math_boxed", "math", "lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval")
+CHOICE_SOURCES = ("commonsense_qa",)
+
+
+def _route(data_source: str) -> tuple[ScoreFn, float]:
+    """(reward function, score of a wrong answer) for a data source."""
+    if data_source in DAPO_SOURCES or data_source.startswith(DAPO_SOURCE_PREFIX):
+        return score_dapo, DAPO_WRONG
+    if data_source in BOXED_SOURCES:
+        return score_boxed, BOXED_WRONG
+    if data_source in CHOICE_SOURCES:
+        return score_choice, CHOICE_WRONG
+    known = ", ".join(DAPO_SOURCES + BOXED_SOURCES + CHOICE_SOURCES)
+    raise ValueError(
+        f"unknown data source {data_source!r}: known sources are {known}, "
+        f"and any name starting with {DAPO_SOURCE_PREFIX!r}"
+    )
+
+
+def compute_score(data_source: str, solution_str: str, ground_truth: str) -> dict[str, float | bool | str]:
+    """Score one response: {"score": float, "acc": bool, "pred": str}.
+
+    No time limit here (see math_reward.py): score model output through `RewardScorer`.
+    """
+    score_fn, _ = _route(data_source)
+    return score_fn(solution_str, ground_truth)
+
+
+def wrong_answer_score(data_source: str) -> float:
+    """The score a wrong (or missing, or timed-out) answer gets for this data source."""
+    _, wrong = _route(data_source)
+    return wrong

@@ -1,0 +1,223 @@
+"""Reward functions (DAPO `Answer:` line, boxed, multiple choice) and the time-limited scorer. CPU only."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+
+import pytest
+
+from megatron_s2l.reward import RewardConfig, RewardResult, RewardScorer, compute_score, wrong_answer_score
+from megatron_s2l.reward.normalize import last_boxed_content, normalize_answer
+
+NUM_GPUS = 0
+
+# sympy evaluates this tower exactly when math-verify compares it with a number: it never finishes.
+HANGING_ANSWER = "9^{9^{9^{9^{9}}}}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("42", "42"),
+        (" -17 ", "-17"),
+        ("−17", "-17"),  # Unicode minus
+        ("$1,000$ dollars.", "1000"),
+        ("1,234,567", "1234567"),
+        ("(1,2)", "(1,2)"),  # a pair, not a thousands separator
+        ("\\boxed{\\dfrac{3}{4}}", "\\frac{3}{4}"),
+        ("\\tfrac12", "\\frac{1}{2}"),
+        ("\\frac 1 2", "\\frac{1}{2}"),
+        ("\\frac{1}2", "\\frac{1}{2}"),
+        ("\\sqrt2", "\\sqrt{2}"),
+        ("x = 5", "5"),
+        ("The answer is $7$.", "7"),
+        ("\\left( 3, 4 \\right)", "(3,4)"),
+        ("30^\\circ", "30"),
+        ("30^{\\circ}", "30"),
+        ("25\\%", "25"),
+        ("5\\text{ cm}^2", "5"),
+        ("\\$12.50", "12.5"),
+        ("\\text{(B)}", "(B)"),
+        (".5", "0.5"),
+        ("0.50", "0.5"),
+        ("3.0", "3"),
+        ("007", "7"),
+        ("\\pi r^2", "\\pi r^2"),  # the space that separates \pi from r survives
+        ("2 \\cdot 3", "2\\cdot3"),
+    ],
+)
+def test_normalize_answer(raw: str, expected: str) -> None:
+    assert normalize_answer(raw) == expected
+
+
+def test_last_boxed_content_balances_braces_and_takes_the_last() -> None:
+    assert last_boxed_content("\\boxed{1} then \\boxed{\\frac{a}{b^{2}}} end") == "\\frac{a}{b^{2}}"
+    assert last_boxed_content("\\fbox{7}") == "7"
+    assert last_boxed_content("no box") is None
+    assert last_boxed_content("\\boxed{\\frac{1}{2}") is None  # cut off
+
+
+@pytest.mark.parametrize(
+    ("solution", "truth", "acc", "pred"),
+    [
+        ("2 + 40 = 42.\nAnswer: 42", "42", True, "42"),
+        ("Answer: 41", "42", False, "41"),
+        ("Answer: -7", "-7", True, "-7"),
+        ("Answer: 7", "-7", False, "7"),
+        ("ANSWER:   $\\dfrac{3}{4}$", "\\frac{3}{4}", True, "\\frac{3}{4}"),
+        ("Answer: \\frac34", "\\frac{3}{4}", True, "\\frac{3}{4}"),
+        ("Answer: $2\\sqrt{2}$", "2\\sqrt{2}", True, "2\\sqrt{2}"),
+        ("Answer: \\boxed{12}", "12", True, "12"),
+        ("Answer: 1,000", "1000", True, "1000"),
+        ("Answer: 1000", "1,000", True, "1000"),
+        ("Answer: x = 3", "3", True, "3"),
+        # math-verify decides what string comparison cannot
+        ("Answer: 0.5", "\\frac{1}{2}", True, "0.5"),
+        ("Answer: \\sqrt{8}", "2\\sqrt{2}", True, "\\sqrt{8}"),
+        ("Answer: 0.75", "\\dfrac{3}{4}", True, "0.75"),
+        ("Answer: 0.33", "\\frac{1}{3}", False, "0.33"),
+        ("Answer: 2\\sqrt{3}", "2\\sqrt{2}", False, "2\\sqrt{3}"),
+        # format: no `Answer:`, or more than the bare answer on its line
+        ("The answer is 42", "42", False, ""),
+        ("So the result is \\boxed{42}", "42", False, ""),
+        ("Answer: 42 is my final guess", "42", False, "42ismyfinalguess"),
+        ("Answer: 42 (I think}", "42", False, "42(Ithink}"),  # not LaTeX: math-verify must not dig out 42
+        ("Answer:\n42", "42", True, "42"),  # DAPO's `Answer\s*:\s*` lets the answer start a line below
+        # the last Answer line wins
+        ("Answer: 41\nwait, recheck.\nAnswer: 42", "42", True, "42"),
+        ("Answer: 42\nwait, recheck.\nAnswer: 41", "42", False, "41"),
+        # only the last 300 characters are read
+        ("Answer: 42\n" + "x" * 300, "42", False, ""),
+        ("Answer: 41\n" + "x" * 300 + "\nAnswer: 42", "42", True, "42"),
+    ],
+)
+def test_dapo_math_reward(solution: str, truth: str, acc: bool, pred: str) -> None:
+    result = compute_score("math_dapo", solution, truth)
+    assert result == {"score": 1.0 if acc else -1.0, "acc": acc, "pred": pred}
+
+
+@pytest.mark.parametrize("data_source", ["aime24", "aime_2025", "synthetic_arith"])
+def test_dapo_sources_share_the_dapo_reward(data_source: str) -> None:
+    assert compute_score(data_source, "Answer: 12", "12") == {"score": 1.0, "acc": True, "pred": "12"}
+    assert compute_score(data_source, "12", "12")["score"] == -1.0
+
+
+@pytest.mark.parametrize(
+    "data_source", ["math_boxed", "math", "lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval"]
+)
+@pytest.mark.parametrize(
+    ("solution", "truth", "acc", "pred"),
+    [
+        ("so $\\boxed{\\frac{1}{2}}$.", "\\frac12", True, "\\frac{1}{2}"),
+        ("first \\boxed{3}, no: \\boxed{4}", "4", True, "4"),
+        ("first \\boxed{4}, no: \\boxed{3}", "4", False, "3"),
+        ("\\boxed{0.5}", "\\frac{1}{2}", True, "0.5"),
+        ("\\boxed{1,000}", "1000", True, "1000"),
+        ("Answer: 4", "4", False, ""),  # no box
+        ("x" * 1000 + "\\boxed{4}" + "y" * 1000, "4", True, "4"),  # no 300-character window here
+    ],
+)
+def test_boxed_math_reward(data_source: str, solution: str, truth: str, acc: bool, pred: str) -> None:
+    result = compute_score(data_source, solution, truth)
+    assert result == {"score": 1.0 if acc else 0.0, "acc": acc, "pred": pred}
+
+
+@pytest.mark.parametrize(
+    ("solution", "truth", "acc", "pred"),
+    [
+        ("Answer: C", "C", True, "C"),
+        ("Reasoning...\nAnswer: (B) bank", "B", True, "B"),
+        ("A fridge keeps food cold.\nAnswer: D", "D", True, "D"),  # the article A is not the choice
+        ("I pick (E) since A is wrong", "E", True, "E"),
+        ("The answer is C", "C", True, "C"),
+        ("The answer is C", "c", True, "C"),
+        ("Answer: B", "C", False, "B"),
+        ("I do not know", "C", False, ""),
+        ("Answer: F", "F", False, ""),  # only A-E are choices
+    ],
+)
+def test_commonsense_qa_reward(solution: str, truth: str, acc: bool, pred: str) -> None:
+    assert compute_score("commonsense_qa", solution, truth) == {"score": float(acc), "acc": acc, "pred": pred}
+
+
+def test_unknown_data_source_names_it_and_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown data source 'gsm8k'.*math_dapo.*commonsense_qa.*'aime'"):
+        compute_score("gsm8k", "Answer: 1", "1")
+
+
+def test_wrong_answer_score_follows_each_convention() -> None:
+    assert wrong_answer_score("math_dapo") == -1.0
+    assert wrong_answer_score("aime25") == -1.0
+    assert wrong_answer_score("math") == 0.0
+    assert wrong_answer_score("commonsense_qa") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"timeout_s": 0.0}, "timeout_s"),
+        ({"timeout_s": float("nan")}, "timeout_s"),
+        ({"num_workers": 0}, "num_workers"),
+    ],
+)
+def test_reward_config_rejects_bad_values(kwargs: dict[str, float], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        RewardConfig(**kwargs)
+
+
+def _worker_pids() -> set[int]:
+    return {process.pid for process in multiprocessing.active_children() if process.name == "reward-worker"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:  # gone and reaped
+        return False
+    return True
+
+
+def test_scorer_kills_and_replaces_workers_that_run_past_the_limit() -> None:
+    cfg = RewardConfig(timeout_s=1.0, num_workers=2)
+    with RewardScorer(cfg) as scorer:
+        # The first batch waits for the workers to start (imports), which the limit does not cover.
+        assert scorer.score([("math_dapo", "Answer: 3", "3")]) == [
+            RewardResult(score=1.0, acc=True, pred="3")
+        ]
+        first_workers = _worker_pids()
+        assert len(first_workers) == 2
+        with pytest.raises(ValueError, match="unknown data source 'nope'"):
+            scorer.score([("math_dapo", "Answer: 1", "1"), ("nope", "x", "y")])
+
+        start = time.monotonic()
+        results = scorer.score(
+            [
+                ("math_dapo", "Answer: 0.5", "\\frac{1}{2}"),
+                ("commonsense_qa", "Answer: (A)", "B"),
+                ("math_dapo", f"Answer: {HANGING_ANSWER}", "5"),
+                ("math_boxed", f"\\boxed{{{HANGING_ANSWER}}}", "5"),
+            ]
+        )
+        elapsed = time.monotonic() - start
+        assert elapsed < cfg.timeout_s + 2.0
+        assert results == [
+            RewardResult(score=1.0, acc=True, pred="0.5"),
+            RewardResult(score=0.0, acc=False, pred="A"),
+            RewardResult(score=-1.0, acc=False, pred="", timed_out=True),
+            RewardResult(score=0.0, acc=False, pred="", timed_out=True),
+        ]
+        # Both hung workers were killed and reaped, and two fresh ones took their places.
+        assert not any(_alive(pid) for pid in first_workers)
+        second_workers = _worker_pids()
+        assert len(second_workers) == 2 and not second_workers & first_workers
+
+        assert scorer.score([("math_dapo", "Answer: 8", "8"), ("math", "\\boxed{9}", "8")]) == [
+            RewardResult(score=1.0, acc=True, pred="8"),
+            RewardResult(score=0.0, acc=False, pred="9"),
+        ]
+    assert not any(_alive(pid) for pid in second_workers)
+    assert not _worker_pids()
+    with pytest.raises(RuntimeError, match="closed"):
+        scorer.score([("math_dapo", "Answer: 1", "1")])
