@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/s2l demo
 
+# NOTE: the pytest script, not `python -m pytest`: the latter puts the repo root on sys.path, where
+# the kernels/ folder would shadow Hugging Face's `kernels` package that transformers looks up.
 test: setup
-	$(PY) -m pytest tests
+	$(VENV)/bin/pytest tests
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,219 @@
+"""Parity of `megatron_s2l.kernels.logprobs_and_entropy` (Triton kernels in the interpreter, and the
+torch path) with a float64 full-vocab reference, forward and backward, on fresh random inputs.
+
+    TRITON_INTERPRET=1 .venv/bin/python -m pytest tests/unit/test_kernels*.py -q
+
+NUM_GPUS = 0. Relative errors are max |error| / max(max |reference|, floor).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import megatron_s2l.kernels.logprobs as logprobs_mod
+from megatron_s2l.kernels import logprobs_and_entropy
+from megatron_s2l.kernels.logprobs import combine_triton
+from megatron_s2l.kernels.reference import combine_torch
+
+NUM_GPUS = 0
+IGNORE = -100
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+"""bf16 dlogits carry their own rounding: < 2^-8 relative on a GPU (round to nearest), < 2^-7 in
+the interpreter (its fp32 -> bf16 cast truncates)."""
+BACKENDS = ["triton", "torch"]
+
+
+@pytest.fixture(autouse=True)
+def small_vocab_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """64-wide vocab blocks, so that vocab sizes in the hundreds run the block loop and its tail."""
+    monkeypatch.setattr(logprobs_mod, "MAX_BLOCK_V", 64)
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed() -> None:
+    """Fresh random inputs every run; the seed is printed so that a failure can be replayed."""
+    value = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(value)
+    print(f"seed={value}")
+
+
+def reference_logp_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64, full vocab, autograd; -inf logits and ignored targets are handled explicitly."""
+    logp_all = torch.log_softmax(logits.double() / temperature, dim=-1)
+    valid = targets != IGNORE
+    logp = logp_all.gather(-1, torch.where(valid, targets, 0).unsqueeze(-1)).squeeze(-1)
+    p = logp_all.exp()
+    entropy = -(p * logp_all.masked_fill(p == 0, 0.0)).sum(dim=-1)
+    return torch.where(valid, logp, 0.0), torch.where(valid, entropy, 0.0)
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor, floor: float = 1e-6) -> float:
+    scale = max(expected.abs().max().item(), floor)
+    return (actual.double() - expected.double()).abs().max().item() / scale
+
+
+def check_op(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    backend: str,
+    temperature: float = 1.0,
+    tol: float | None = None,
+    **kwargs,
+) -> dict[str, float]:
+    """Compare forward values and d(sum(a * logp + b * entropy))/dlogits with the reference."""
+    tol = TOL[logits.dtype] if tol is None else tol
+    x = logits.clone().requires_grad_()
+    logp, entropy = logprobs_and_entropy(x, targets, temperature, backend=backend, **kwargs)
+    x64 = logits.detach().double().requires_grad_()
+    ref_logp, ref_entropy = reference_logp_entropy(x64, targets, temperature)
+    a, b = torch.randn_like(ref_logp), torch.randn_like(ref_logp)
+    (grad,) = torch.autograd.grad((logp * a + entropy * b).sum(), x)
+    (ref_grad,) = torch.autograd.grad((ref_logp * a + ref_entropy * b).sum(), x64)
+    errs = {
+        "logp": rel_err(logp, ref_logp, floor=1.0),
+        "entropy": rel_err(entropy, ref_entropy, floor=1.0),
+        "grad": rel_err(grad, ref_grad),
+    }
+    assert logp.dtype == entropy.dtype == torch.float32 and grad.dtype == logits.dtype
+    assert all(err < tol for err in errs.values()), errs
+    return errs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("vocab", [257, 64, 31])
+def test_matches_float64_reference(backend: str, dtype: torch.dtype, vocab: int) -> None:
+    logits = (torch.randn(19, vocab) * 4).to(dtype)
+    targets = torch.randint(0, vocab, (19,))
+    targets[3] = IGNORE
+    check_op(logits, targets, backend, temperature=0.7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extreme_logits(backend: str) -> None:
+    """Rows offset by +-5000 with an O(1) spread (a real softmax far from 0, where lse = max +
+    log-sum keeps x - max exact), rows spread over +-10^4 (one-hot softmax), -1e30 and -inf
+    entries, a row whose only finite logit is the target, and a target with probability ~0."""
+    vocab = 131
+    logits = torch.randn(12, vocab) * 1e4
+    logits[6:9] = 5e3 + torch.randn(3, vocab) * 3
+    logits[9:] = -5e3 + torch.randn(3, vocab) * 3
+    logits[0, :] = float("-inf")
+    logits[0, 7] = 3.0
+    logits[1, ::3] = -1e30
+    logits[2, 1::2] = float("-inf")
+    targets = torch.randint(0, vocab, (12,))
+    targets[0] = 7
+    targets[2] = 4  # a finite logit
+    targets[3] = logits[3].argmin()
+    errs = check_op(logits, targets, backend)
+    print(errs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_ignored_rows_give_zeros(backend: str) -> None:
+    logits = torch.randn(6, 97)
+    targets = torch.full((6,), IGNORE)
+    x = logits.clone().requires_grad_()
+    logp, entropy = logprobs_and_entropy(x, targets, backend=backend)
+    (logp.sum() + entropy.sum()).backward()
+    assert not logp.any() and not entropy.any() and not x.grad.any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sequence_first_layout_and_no_entropy(backend: str) -> None:
+    """Megatron's [S, B, V] logits seen as [B, S, V] (a view, not a copy), logp only."""
+    logits_SBV = torch.randn(7, 3, 75)
+    targets_BS = torch.randint(0, 75, (3, 7))
+    x = logits_SBV.clone().requires_grad_()
+    logp_BS, entropy = logprobs_and_entropy(x.transpose(0, 1), targets_BS, 1.3, compute_entropy=False)
+    assert entropy is None and logp_BS.shape == (3, 7)
+    x64 = logits_SBV.double().transpose(0, 1).requires_grad_()
+    ref_logp, _ = reference_logp_entropy(x64, targets_BS, 1.3)
+    weights = torch.randn(3, 7)
+    (grad,) = torch.autograd.grad((logp_BS * weights).sum(), x)
+    (ref_grad,) = torch.autograd.grad((ref_logp * weights).sum(), x64)
+    assert rel_err(logp_BS, ref_logp, floor=1.0) < 1e-5
+    assert rel_err(grad.transpose(0, 1), ref_grad) < 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inplace_backward_writes_into_logits(backend: str) -> None:
+    logits = torch.randn(10, 129).to(torch.bfloat16)
+    targets = torch.randint(0, 129, (10,))
+    leaf = logits.clone().requires_grad_()
+    x = leaf * 1  # a non-leaf whose storage the op may reuse
+    logp, entropy = logprobs_and_entropy(x, targets, backend=backend, inplace_backward=True)
+    (logp.sum() - entropy.sum()).backward()
+    expected = logits.clone().requires_grad_()
+    ref_logp, ref_entropy = reference_logp_entropy(expected, targets)
+    (ref_grad,) = torch.autograd.grad((ref_logp.sum() - ref_entropy.sum()), expected)
+    assert rel_err(leaf.grad, ref_grad) < 1e-2
+    assert leaf.grad.data_ptr() == x.data_ptr() or torch.equal(x.detach(), leaf.grad)
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_triton_combine_matches_torch(ranks: int) -> None:
+    """The combine kernel against the torch combination on raw per-rank statistics, including
+    ranks whose shard is all -inf (max -inf, sums 0)."""
+    tokens = 150  # more than one BLOCK_T
+    stats = torch.randn(ranks, 4, tokens) * 3
+    stats[:, 1] = stats[:, 1].abs() + 0.5
+    if ranks > 1:  # a whole row of -inf logits has no softmax
+        stats[0, 0, :40] = float("-inf")
+        stats[0, 1:, :40] = 0.0
+    targets = torch.randint(0, 9, (tokens,))
+    targets[::7] = IGNORE
+    for compute_entropy in (True, False):
+        ours = combine_triton(stats, targets, IGNORE, compute_entropy)
+        ref = combine_torch(stats, targets, IGNORE, compute_entropy)
+        for a, b in zip(ours, ref, strict=True):
+            assert rel_err(a, b, floor=1.0) < 1e-6
+
+
+def test_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="temperature"):
+        logprobs_and_entropy(torch.randn(2, 5), torch.zeros(2, dtype=torch.long), temperature=0.0)
+    with pytest.raises(ValueError, match="disagree"):
+        logprobs_and_entropy(torch.randn(2, 5), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="backend"):
+        logprobs_and_entropy(torch.randn(2, 5), torch.zeros(2, dtype=torch.long), backend="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("vocab", [37984, 151936, 4099])
+def test_compiled_kernels_on_cuda(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, vocab: int) -> None:
+    """The compiled (not interpreted) kernels at production block sizes and vocab shards."""
+    monkeypatch.setattr(logprobs_mod, "MAX_BLOCK_V", 4096)
+    logits = (torch.randn(64, vocab, device="cuda") * 4).to(dtype)
+    targets = torch.randint(0, vocab, (64,), device="cuda")
+    targets[5] = IGNORE
+    logits[7, ::5] = float("-inf")
+    check_op(logits, targets, "triton", temperature=0.7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_padded_vocab_columns_are_skipped(backend: str, inplace: bool) -> None:
+    """vocab_size < shard width: the padded columns (garbage here) behave as -inf logits."""
+    real = 83
+    logits = torch.randn(9, 100) * 3
+    logits[:, real:] = 1e4  # would dominate the softmax if read
+    targets = torch.randint(0, real, (9,))
+    x = logits.clone().requires_grad_()
+    y = x * 1 if inplace else x
+    logp, entropy = logprobs_and_entropy(
+        y, targets, 0.8, vocab_size=real, inplace_backward=inplace, backend=backend
+    )
+    (grad,) = torch.autograd.grad((logp + 0.5 * entropy).sum(), x)
+    x64 = logits[:, :real].double().requires_grad_()
+    ref_logp, ref_entropy = reference_logp_entropy(x64, targets, 0.8)
+    (ref_grad,) = torch.autograd.grad((ref_logp + 0.5 * ref_entropy).sum(), x64)
+    assert rel_err(logp, ref_logp, floor=1.0) < 1e-5 and rel_err(entropy, ref_entropy, floor=1.0) < 1e-5
+    assert rel_err(grad[:, :real], ref_grad) < 1e-5 and not grad[:, real:].any()
