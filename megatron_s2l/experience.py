@@ -1,0 +1,154 @@
+"""From a rollout batch to a train batch: decode, score, shape, group advantages, pad.
+
+    scored = score_groups(rollout_batch.groups, prompts_by_id, tokenizer, scorer, algo, max_new_tokens)
+    scored = keep_groups_with_signal(scored)        # DAPO dynamic sampling, when enabled
+    experience = build_experience(scored, algo, pad_id)
+    experience.batch        # TrainBatch for the learner (advantages over each COMBINED group)
+    experience.metrics      # rewards, accuracy and lengths by source, advantage statistics
+
+The advantage of every sample is relative to its whole group of G (explorer + learner samples), as
+S2L-PO's Algorithm 1 requires; the explorer's samples are trained on like the learner's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from megatron_s2l.algo import groups_with_signal, grpo_advantages, overlong_penalty
+from megatron_s2l.config import AlgoConfig
+from megatron_s2l.data import PromptRecord
+from megatron_s2l.learner.batch import TrainBatch
+from megatron_s2l.reward import RewardScorer
+from megatron_s2l.rollout.records import RolloutGroup, RolloutRecord
+
+SOURCES = ("explorer", "learner")
+
+
+@dataclass(slots=True)
+class Experience:
+    batch: TrainBatch
+    records: list[RolloutRecord]
+    """The samples in batch row order."""
+    rewards: torch.Tensor
+    """[B] shaped rewards (what the advantages were computed from)."""
+    correct: torch.Tensor
+    """[B] bool: the reward function's verdict."""
+    metrics: dict[str, float]
+
+
+@dataclass(slots=True)
+class ScoredGroups:
+    groups: list[RolloutGroup]
+    rewards: list[list[float]]
+    correct: list[list[bool]]
+    timed_out: int
+
+
+def score_groups(
+    groups: Sequence[RolloutGroup],
+    prompts: dict[str, PromptRecord],
+    tokenizer,
+    scorer: RewardScorer,
+    algo: AlgoConfig,
+    max_new_tokens: int,
+) -> ScoredGroups:
+    """Reward every sample (decoded response text vs the prompt's ground truth), plus DAPO overlong
+    shaping when `algo.overlong_buffer` > 0."""
+    records = [r for g in groups for r in g.records]
+    texts = tokenizer.batch_decode([r.response_ids for r in records], skip_special_tokens=True)
+    items = [
+        (prompts[r.prompt_id].data_source, text, prompts[r.prompt_id].ground_truth)
+        for r, text in zip(records, texts, strict=True)
+    ]
+    results = scorer.score(items)
+    scores = torch.tensor([res.score for res in results])
+    if algo.overlong_buffer > 0:
+        lengths = torch.tensor([len(r.response_ids) for r in records])
+        scores = scores + overlong_penalty(
+            lengths, max_new_tokens, algo.overlong_buffer, algo.overlong_penalty_factor
+        )
+    rewards, correct, start = [], [], 0
+    for group in groups:
+        end = start + len(group.records)
+        rewards.append(scores[start:end].tolist())
+        correct.append([res.acc for res in results[start:end]])
+        start = end
+    return ScoredGroups(list(groups), rewards, correct, sum(res.timed_out for res in results))
+
+
+def keep_groups_with_signal(scored: ScoredGroups) -> ScoredGroups:
+    """DAPO dynamic sampling: drop groups whose rewards are all equal (they carry no gradient)."""
+    flat = torch.tensor([r for rs in scored.rewards for r in rs])
+    index = torch.tensor([g for g, rs in enumerate(scored.rewards) for _ in rs])
+    keep_sample = groups_with_signal(flat, index) if flat.numel() else torch.zeros(0, dtype=torch.bool)
+    keep = sorted({int(g) for g in index[keep_sample].tolist()})
+    return ScoredGroups(
+        [scored.groups[g] for g in keep], [scored.rewards[g] for g in keep],
+        [scored.correct[g] for g in keep], scored.timed_out,
+    )  # fmt: skip
+
+
+def build_experience(scored: ScoredGroups, algo: AlgoConfig, pad_id: int) -> Experience:
+    """Advantages over each combined group, then one right-padded TrainBatch."""
+    records = [r for g in scored.groups for r in g.records]
+    rewards = torch.tensor([r for rs in scored.rewards for r in rs])
+    correct = torch.tensor([c for cs in scored.correct for c in cs])
+    group_index = torch.tensor([g for g, rs in enumerate(scored.rewards) for _ in rs])
+    advantages = grpo_advantages(rewards, group_index, norm_by_std=algo.norm_adv_by_std)
+    seqs = [r.prompt_ids + r.response_ids for r in records]
+    length = max(map(len, seqs))
+    input_ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    loss_mask = torch.zeros(len(seqs), length - 1)
+    for row, (record, seq) in enumerate(zip(records, seqs, strict=True)):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+        # Column t predicts token t + 1: the response's tokens are predicted from len(prompt) - 1 on.
+        loss_mask[row, len(record.prompt_ids) - 1 : len(seq) - 1] = 1.0
+    batch = TrainBatch(input_ids=input_ids, loss_mask=loss_mask, advantages=advantages)
+    return Experience(batch, records, rewards, correct, _metrics(records, rewards, correct, advantages))
+
+
+def _metrics(
+    records: list[RolloutRecord], rewards: torch.Tensor, correct: torch.Tensor, advantages: torch.Tensor
+) -> dict[str, float]:
+    lengths = torch.tensor([len(r.response_ids) for r in records], dtype=torch.float32)
+    metrics = {
+        "reward/mean": rewards.mean().item(),
+        "acc/mean": correct.float().mean().item(),
+        "adv/mean": advantages.mean().item(),
+        "adv/abs_mean": advantages.abs().mean().item(),
+        "adv/zero_frac": (advantages == 0).float().mean().item(),
+        "response_len/mean": lengths.mean().item(),
+        "response_len/truncated_frac": sum(r.finish_reason == "length" for r in records) / len(records),
+    }
+    for source in SOURCES:
+        rows = torch.tensor([r.source == source for r in records])
+        if rows.any():
+            metrics[f"reward/{source}"] = rewards[rows].mean().item()
+            metrics[f"acc/{source}"] = correct[rows].float().mean().item()
+            metrics[f"response_len/{source}"] = lengths[rows].mean().item()
+            metrics[f"rollout/tokens_{source}"] = lengths[rows].sum().item()
+    return metrics
+
+
+def engine_logprob_gaps(experience: Experience, learner_logprobs: torch.Tensor) -> dict[str, float]:
+    """Mean (engine log-prob - learner log-prob) over each source's response tokens.
+
+    For learner samples this is the train/inference mismatch (about 0 when both run the same
+    weights); for explorer samples it is how much likelier the explorer finds its own tokens than
+    the learner does (a per-token estimate of KL(explorer || learner) on the explorer's samples).
+    """
+    sums = {s: 0.0 for s in SOURCES}
+    counts = {s: 0 for s in SOURCES}
+    for row, record in enumerate(experience.records):
+        start = len(record.prompt_ids) - 1
+        learner = learner_logprobs[row, start : start + len(record.logprobs)]
+        sums[record.source] += (torch.tensor(record.logprobs) - learner).sum().item()
+        counts[record.source] += len(record.logprobs)
+    names = {
+        "explorer": "explorer/engine_minus_learner_logprob",
+        "learner": "mismatch/engine_minus_learner_logprob",
+    }
+    return {names[s]: sums[s] / counts[s] for s in SOURCES if counts[s]}

@@ -1,0 +1,114 @@
+"""Rollout records -> TrainBatch: rewards from the real reward function, advantages over the
+combined explorer + learner group, response-only loss mask, DAPO filters, per-source metrics."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron_s2l.algo import grpo_advantages
+from megatron_s2l.config import AlgoConfig
+from megatron_s2l.data import PromptRecord
+from megatron_s2l.experience import (
+    build_experience,
+    engine_logprob_gaps,
+    keep_groups_with_signal,
+    score_groups,
+)
+from megatron_s2l.reward import RewardConfig, RewardScorer
+from megatron_s2l.rollout.records import RolloutGroup, RolloutRecord
+from megatron_s2l.tiny import make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    return make_tokenizer(Path(tmp_path_factory.mktemp("tok")), vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    with RewardScorer(RewardConfig(timeout_s=20.0, num_workers=1)) as s:
+        yield s
+
+
+def record(tokenizer, prompt_id: str, source: str, index: int, text: str, prompt: list[int]) -> RolloutRecord:
+    ids = tokenizer(text).input_ids
+    return RolloutRecord(prompt_id, index, source, prompt, ids, [-0.5] * len(ids), "stop", "3")
+
+
+def make_groups(tokenizer):
+    p0, p1 = [5, 6, 7], [8, 9]
+    answers0 = [
+        ("explorer", "Answer: 4"),
+        ("explorer", "Answer: 5"),
+        ("learner", "Answer: 4"),
+        ("learner", "no"),
+    ]
+    answers1 = [("learner", "Answer: 1")] * 4  # all wrong: no signal
+    groups = []
+    for pid, prompt, answers in (("a", p0, answers0), ("b", p1, answers1)):
+        counters = {"explorer": 0, "learner": 0}
+        records = []
+        for source, text in answers:
+            records.append(record(tokenizer, pid, source, counters[source], text, prompt))
+            counters[source] += 1
+        groups.append(RolloutGroup(pid, records))
+    prompts = {
+        "a": PromptRecord(0, "math_dapo", [{"role": "user", "content": "2+2"}], "4", {}),
+        "b": PromptRecord(1, "math_dapo", [{"role": "user", "content": "0+0"}], "0", {}),
+    }
+    return groups, prompts
+
+
+def test_advantages_are_over_the_combined_group(tokenizer, scorer) -> None:
+    groups, prompts = make_groups(tokenizer)
+    scored = score_groups(groups, prompts, tokenizer, scorer, AlgoConfig(), max_new_tokens=64)
+    assert scored.rewards == [[1.0, -1.0, 1.0, -1.0], [-1.0] * 4]
+    exp = build_experience(scored, AlgoConfig(), pad_id=0)
+    rewards = torch.tensor([1.0, -1.0, 1.0, -1.0, -1.0, -1.0, -1.0, -1.0])
+    want = grpo_advantages(rewards, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
+    torch.testing.assert_close(exp.batch.advantages, want)
+    # an explorer-only or learner-only normalisation would give other values: check one by hand
+    assert exp.batch.advantages[0].item() == pytest.approx(1.0 / (4 / 3) ** 0.5, rel=1e-5)  # std = sqrt(4/3)
+    assert exp.metrics["acc/explorer"] == 0.5 and exp.metrics["acc/learner"] == pytest.approx(1 / 6)
+    assert exp.metrics["reward/explorer"] == 0.0
+
+
+def test_loss_mask_covers_exactly_the_response(tokenizer, scorer) -> None:
+    groups, prompts = make_groups(tokenizer)
+    exp = build_experience(
+        score_groups(groups, prompts, tokenizer, scorer, AlgoConfig(), max_new_tokens=64),
+        AlgoConfig(),
+        pad_id=0,
+    )
+    for row, rec in enumerate(exp.records):
+        seq = rec.prompt_ids + rec.response_ids
+        assert exp.batch.input_ids[row, : len(seq)].tolist() == seq
+        predicted = [exp.batch.input_ids[row, t + 1].item() for t in range(exp.batch.loss_mask.shape[1])
+                     if exp.batch.loss_mask[row, t] == 1]  # fmt: skip
+        assert predicted == rec.response_ids
+
+
+def test_dynamic_sampling_and_overlong_shaping(tokenizer, scorer) -> None:
+    groups, prompts = make_groups(tokenizer)
+    algo = AlgoConfig(overlong_buffer=2, overlong_penalty_factor=1.0)
+    scored = score_groups(groups, prompts, tokenizer, scorer, algo, max_new_tokens=4)
+    lengths = [len(r.response_ids) for r in groups[0].records]
+    base = [1.0, -1.0, 1.0, -1.0]
+    want = [b + min(-(n - 2) / 2, 0.0) for b, n in zip(base, lengths, strict=True)]
+    assert scored.rewards[0] == pytest.approx(want)
+    kept = keep_groups_with_signal(scored)
+    assert [g.prompt_id for g in kept.groups] == ["a"]
+
+
+def test_engine_logprob_gaps_by_source(tokenizer, scorer) -> None:
+    groups, prompts = make_groups(tokenizer)
+    exp = build_experience(
+        score_groups(groups, prompts, tokenizer, scorer, AlgoConfig(), max_new_tokens=64),
+        AlgoConfig(),
+        pad_id=0,
+    )
+    learner_logprobs = torch.full(exp.batch.loss_mask.shape, -0.75)
+    gaps = engine_logprob_gaps(exp, learner_logprobs)
+    assert gaps["explorer/engine_minus_learner_logprob"] == pytest.approx(0.25)
+    assert gaps["mismatch/engine_minus_learner_logprob"] == pytest.approx(0.25)
