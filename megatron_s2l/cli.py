@@ -20,6 +20,10 @@ import yaml
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 _COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("megatron_s2l.plot", "draw PNG curves of one run, or of several runs on shared axes"),
+    "train": ("megatron_s2l.launch", "run S2L-PO (or GRPO) training from a YAML config, or resume a run"),
+    "demo": ("megatron_s2l.demo_cli", "the CPU demo: build tiny models (cached), train S2L-PO, plot"),
+    "logprobs": ("megatron_s2l.learner.logprobs_cli", "per-token log-probs of token sequences at a TP x PP"),
+    "serve": ("megatron_s2l.rollout.serve_cli", "start SGLang server(s) for a model (CPU stand-ins on CPU)"),
 }
 
 

@@ -12,7 +12,10 @@ from pathlib import Path
 from megatron_s2l.algo import LossConfig
 from megatron_s2l.configio import ConfigError, apply_overrides, build, read_yaml
 from megatron_s2l.data import DataConfig
+from megatron_s2l.learner.learner import LearnerConfig
 from megatron_s2l.reward import RewardConfig
+from megatron_s2l.rollout.sampler import RolloutConfig
+from megatron_s2l.sync.weight_sync import SyncConfig
 
 
 @dataclass(kw_only=True, slots=True)
@@ -108,19 +111,46 @@ class S2LConfig:
     """Run name (used in the run directory)."""
     seed: int = 0
     """Seed for data order, sampling seeds and initialisation."""
+    ranks: int = 1
+    """Learner processes started on this node (TP x PP x DP) when not launched by torchrun."""
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     data: DataConfig = field(default_factory=DataConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
         """Checks across sections; raises ValueError naming the keys."""
+        if self.ranks < 1:
+            raise ValueError(f"ranks must be >= 1, got {self.ranks}")
         if self.schedule.t_mix > 0 and not self.model.explorer:
             raise ValueError("schedule.t_mix > 0 needs model.explorer (the explorer's checkpoint)")
+        if self.rollout.learner_sampling.temperature <= 0:
+            raise ValueError("rollout.learner_sampling.temperature must be > 0: GRPO samples the learner")
+        parallel = self.learner.parallel
+        model_parallel = parallel.tensor_parallel * parallel.pipeline_parallel
+        if self.ranks % model_parallel:
+            raise ValueError(
+                f"ranks ({self.ranks}) must be a multiple of tensor_parallel * pipeline_parallel"
+            )
+        rows = self.schedule.prompts_per_step * self.schedule.group_size
+        per_step = self.ranks // model_parallel * parallel.micro_batch_size
+        if rows % per_step:
+            raise ValueError(
+                f"schedule.prompts_per_step * group_size ({rows}) must be divisible by data-parallel size * "
+                f"learner.parallel.micro_batch_size ({per_step})"
+            )
+        max_new = self.rollout.learner_sampling.max_new_tokens
+        if self.algo.overlong_buffer > max_new:
+            raise ValueError(
+                f"algo.overlong_buffer ({self.algo.overlong_buffer}) exceeds max_new_tokens ({max_new})"
+            )
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> S2LConfig:

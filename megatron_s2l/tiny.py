@@ -9,6 +9,7 @@ log-prob comparisons between implementations meaningful.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -41,8 +42,11 @@ def _corpus(seed: int, lines: int = 2000) -> list[str]:
     return out
 
 
-def make_tokenizer(out_dir: str | Path, vocab_size: int = 512, seed: int = 0):
-    """Train a byte-level BPE tokenizer and save it as a `PreTrainedTokenizerFast` in `out_dir`."""
+def make_tokenizer(
+    out_dir: str | Path, vocab_size: int = 512, seed: int = 0, corpus: Iterable[str] | None = None
+):
+    """Train a byte-level BPE tokenizer on `corpus` (default: built-in arithmetic-and-prose lines) and
+    save it as a `PreTrainedTokenizerFast` in `out_dir`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -55,7 +59,7 @@ def make_tokenizer(out_dir: str | Path, vocab_size: int = 512, seed: int = 0):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    tok.train_from_iterator(_corpus(seed) if corpus is None else corpus, trainer=trainer)
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|endoftext|>",

@@ -10,7 +10,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def s2l(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(Path(sys.executable).parent / "s2l"), *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+        [str(Path(sys.executable).parent / "s2l"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
 
 

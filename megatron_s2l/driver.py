@@ -1,0 +1,157 @@
+"""The driver (global rank 0): rollout engines, prompts, rewards, evaluation and the run's logs.
+
+The learner ranks only see `TrainBatch`es; everything that talks to SGLang or reads data is here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from megatron_s2l.config import S2LConfig
+from megatron_s2l.data import PromptRecord, PromptSampler, load_prompt_dataset
+from megatron_s2l.eval import avg_at_k, pass_at_k
+from megatron_s2l.experience import Experience, build_experience, keep_groups_with_signal, score_groups
+from megatron_s2l.metrics import RunLogger
+from megatron_s2l.reward import RewardScorer
+from megatron_s2l.rollout.client import RolloutClient
+from megatron_s2l.rollout.engines import RolloutEngines
+from megatron_s2l.rollout.records import Prompt, SampleRequest
+
+
+class DynamicSamplingError(RuntimeError):
+    """Dynamic sampling could not fill the batch with informative groups in the allowed rounds."""
+
+
+class Driver:
+    def __init__(self, cfg: S2LConfig, run_dir: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.cfg, self.run_dir = cfg, run_dir
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.learner)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.train_set = load_prompt_dataset(cfg.data.train_files, self.tokenizer, cfg.data)
+        self.eval_set = (
+            load_prompt_dataset(cfg.data.eval_files, self.tokenizer, cfg.data)
+            if cfg.data.eval_files
+            else None
+        )
+        self.prompts = PromptSampler(range(len(self.train_set)), shuffle=cfg.data.shuffle, seed=cfg.seed)
+        self._batches = self.prompts.batches(cfg.schedule.prompts_per_step)
+        self.scorer = RewardScorer(cfg.reward)
+        explorer = cfg.model.explorer if cfg.schedule.t_mix > 0 else None
+        self.engines = RolloutEngines(cfg.rollout, explorer_model=explorer, learner_model=cfg.model.learner)
+        self.engines.start()
+        self.sampler = self.engines.build_sampler(
+            t_mix=cfg.schedule.t_mix, group_size=cfg.schedule.group_size, cache_seed=cfg.seed
+        )
+        self.logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, total_steps=cfg.schedule.steps)
+
+    def _prompt(self, index: int) -> tuple[Prompt, PromptRecord]:
+        record = self.train_set[index]
+        return Prompt(f"train-{index}", self.train_set.prompt_ids[index]), record
+
+    def collect(self, step: int) -> tuple[Experience, dict[str, float]]:
+        """Sample complete S2L groups for the step's prompts, score them, compute advantages. With
+        dynamic sampling, keep drawing prompts until the batch holds enough informative groups."""
+        started = time.perf_counter()
+        algo, want = self.cfg.algo, self.cfg.schedule.prompts_per_step
+        max_new = self.cfg.rollout.learner_sampling.max_new_tokens
+        scored = None
+        rollout_metrics: dict[str, float] = {}
+        rounds = 0
+        while True:
+            rounds += 1
+            prompts = [self._prompt(i) for i in next(self._batches)]
+            rollout = self.sampler.sample([p for p, _ in prompts], step)
+            for key, value in rollout.metrics.items():
+                rollout_metrics[key] = rollout_metrics.get(key, 0.0) + value
+            rollout_metrics.update(
+                {"schedule/g_explorer": rollout.g_explorer, "schedule/g_learner": rollout.g_learner}
+            )
+            records = {p.prompt_id: r for p, r in prompts}
+            new = score_groups(rollout.groups, records, self.tokenizer, self.scorer, algo, max_new)
+            if algo.dynamic_sampling:
+                new = keep_groups_with_signal(new)
+            scored = new if scored is None else _concat(scored, new)
+            if not algo.dynamic_sampling or len(scored.groups) >= want:
+                break
+            if rounds == algo.max_sampling_rounds:
+                raise DynamicSamplingError(
+                    f"step {step}: only {len(scored.groups)} of {want} groups had unequal rewards after "
+                    f"{rounds} sampling rounds (algo.max_sampling_rounds)"
+                )
+        scored = _trim(scored, want)
+        experience = build_experience(scored, algo, self.pad_id)
+        elapsed = time.perf_counter() - started
+        tokens = sum(len(r.response_ids) for r in experience.records)
+        metrics = {
+            **rollout_metrics,
+            **experience.metrics,
+            "rollout/sampling_rounds": rounds,
+            "rollout/reward_timeouts": scored.timed_out,
+            "rollout/tokens_per_s": tokens / elapsed,
+            "time/rollout": elapsed,
+        }
+        return experience, metrics
+
+    def evaluate(self) -> dict[str, float]:
+        """avg@k and pass@k on the held-out prompts, sampled from the learner engines."""
+        if self.eval_set is None:
+            return {}
+        k = self.cfg.eval.samples_per_prompt
+        requests = [
+            SampleRequest(f"eval-{i}", j, self.eval_set.prompt_ids[i])
+            for i in range(len(self.eval_set))
+            for j in range(k)
+        ]
+        client = RolloutClient(self.engines.learner, "learner", self.cfg.rollout.client)
+        records = asyncio.run(client.generate(requests, self.cfg.rollout.learner_sampling))
+        texts = self.tokenizer.batch_decode([r.response_ids for r in records], skip_special_tokens=True)
+        items = [
+            (
+                self.eval_set[int(r.prompt_id[5:])].data_source,
+                t,
+                self.eval_set[int(r.prompt_id[5:])].ground_truth,
+            )
+            for r, t in zip(records, texts, strict=True)
+        ]
+        correct = [res.acc for res in self.scorer.score(items)]
+        per_prompt = [correct[i * k : (i + 1) * k] for i in range(len(self.eval_set))]
+        return {
+            "eval/avg_at_k": sum(avg_at_k(c) for c in per_prompt) / len(per_prompt),
+            "eval/pass_at_k": sum(pass_at_k(k, sum(c), k) for c in per_prompt) / len(per_prompt),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "prompts": self.prompts.state_dict(),
+            "python_rng": random.getstate(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.prompts.load_state_dict(state["prompts"])
+        self._batches = self.prompts.batches(self.cfg.schedule.prompts_per_step)
+        random.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def close(self) -> None:
+        self.logger.close()
+        self.scorer.close()
+        self.engines.stop()
+
+
+def _concat(a, b):
+    return type(a)(
+        a.groups + b.groups, a.rewards + b.rewards, a.correct + b.correct, a.timed_out + b.timed_out
+    )
+
+
+def _trim(scored, n: int):
+    return type(scored)(scored.groups[:n], scored.rewards[:n], scored.correct[:n], scored.timed_out)

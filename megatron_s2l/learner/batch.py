@@ -1,0 +1,56 @@
+"""The rollout -> learner handoff: a typed batch of right-padded token sequences.
+
+Shapes: B sequences, L tokens. Per-token tensors have L - 1 columns: column t belongs to the
+predicted token input_ids[:, t + 1] (the log-prob of that token given the tokens before it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainBatch:
+    """One global batch, identical on every learner rank (SPMD)."""
+
+    input_ids: torch.Tensor
+    """[B, L] int64 prompt + response tokens, right-padded (any pad id; padding is masked out)."""
+    loss_mask: torch.Tensor
+    """[B, L-1] 1 where the predicted token input_ids[:, t+1] is a response token that counts."""
+    advantages: torch.Tensor
+    """[B] (one per sequence) or [B, L-1] advantages."""
+    old_logprobs: torch.Tensor | None = None
+    """[B, L-1] log-probs under the policy that sampled (recomputed by `Learner.compute_logprobs`)."""
+    ref_logprobs: torch.Tensor | None = None
+    """[B, L-1] reference-policy log-probs; needed only when the KL penalty is on."""
+
+    def __post_init__(self) -> None:
+        if self.input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [B, L], got shape {tuple(self.input_ids.shape)}")
+        num_seqs, length = self.input_ids.shape
+        per_token = (num_seqs, length - 1)
+        if tuple(self.loss_mask.shape) != per_token:
+            raise ValueError(f"loss_mask must be {per_token}, got {tuple(self.loss_mask.shape)}")
+        if self.advantages.shape not in (torch.Size([num_seqs]), torch.Size(per_token)):
+            raise ValueError(
+                f"advantages must be [{num_seqs}] or {per_token}, got {tuple(self.advantages.shape)}"
+            )
+        for name in ("old_logprobs", "ref_logprobs"):
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != per_token:
+                raise ValueError(f"{name} must be {per_token}, got {tuple(value.shape)}")
+
+    @property
+    def num_seqs(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, rows: slice) -> TrainBatch:
+        """The sub-batch of sequences `rows` (a view; used for DP shards and micro-batches)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return TrainBatch(**{k: None if v is None else v[rows] for k, v in values.items()})
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return TrainBatch(**{k: None if v is None else v.to(device) for k, v in values.items()})

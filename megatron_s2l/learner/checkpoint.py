@@ -1,0 +1,152 @@
+"""Learner checkpoints: model shards, optimizer (distributed or not), LR scheduler, step, RNG.
+
+Layout: `<dir>/rank_tp{t}_pp{p}_dp{d}.pt` (one file per rank, this rank's shards) and `<dir>/meta.json`
+(step, parallel sizes). Resuming needs the same TP/PP/DP layout; use `export_hf` to move weights
+between layouts.
+
+Atomic writes: all ranks write into `<dir>.partial`, then (after a barrier) global rank 0 swaps it
+into place: `<dir>` -> `<dir>.old`, `<dir>.partial` -> `<dir>`, delete `<dir>.old`. A crash before the
+first rename leaves `<dir>` untouched; a crash between the renames leaves `<dir>.old`, which
+`load_checkpoint` falls back to.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_s2l.learner.model import unwrap_model
+
+_META = "meta.json"
+
+
+def _rank_file(directory: Path) -> Path:
+    from megatron.core import parallel_state as ps
+
+    return directory / (
+        f"rank_tp{ps.get_tensor_model_parallel_rank()}_pp{ps.get_pipeline_model_parallel_rank()}"
+        f"_dp{ps.get_data_parallel_rank()}.pt"
+    )
+
+
+def _distributed_optimizers(optimizer) -> list:
+    """The DistributedOptimizer parts of `optimizer` (Megatron may chain several optimizers)."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    parts = getattr(optimizer, "chained_optimizers", [optimizer])
+    return [part for part in parts if isinstance(part, DistributedOptimizer)]
+
+
+def _mark_unpadded(param_state: dict) -> dict:
+    """NOTE: megatron-core 0.16.1's `load_parameter_state_from_dp_reshardable` reads a `padding` flag
+    per parameter entry that its own `get_parameter_state_dp_reshardable` does not write (its
+    dist-checkpointing path adds it); every entry the getter returns is a real parameter."""
+    for key, dtype_state in param_state.items():
+        if isinstance(key, int):
+            for buckets in dtype_state.values():
+                for bucket in buckets:
+                    for entry in bucket:
+                        entry["padding"] = False
+    return param_state
+
+
+def _unshare_adam_steps(optimizer) -> None:
+    """NOTE: with torch's Adam (no Apex/TE), megatron-core 0.16.1's DistributedOptimizer.load_state_dict
+    puts ONE `step` tensor into every parameter's state; torch's foreach Adam then increments it once
+    per parameter per step, corrupting bias correction. Give each parameter its own copy."""
+    for part in getattr(optimizer, "chained_optimizers", [optimizer]):
+        for param_state in part.optimizer.state.values():
+            if torch.is_tensor(param_state.get("step")):
+                param_state["step"] = param_state["step"].clone()
+
+
+def save_checkpoint(
+    directory: str | Path, model: torch.nn.Module, optimizer, lr_scheduler, step: int
+) -> Path:
+    """Collective: every rank writes its own state; the finished checkpoint appears atomically."""
+    from megatron.core import parallel_state as ps
+
+    final = Path(directory)
+    partial = final.with_name(final.name + ".partial")
+    if dist.get_rank() == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    dist.barrier()
+    state = {
+        "model": {name: p.detach().cpu().clone() for name, p in unwrap_model(model).named_parameters()},
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": lr_scheduler.state_dict(),
+        "step": step,
+        "rng": torch.get_rng_state(),
+    }
+    # The distributed optimizer keeps its per-parameter state (main params, Adam moments, and the
+    # step count with torch's Adam) apart, sharded over DP: each rank stores its own shard.
+    state["optimizer_param_state"] = [
+        _mark_unpadded(part.get_parameter_state_dp_reshardable())
+        for part in _distributed_optimizers(optimizer)
+    ]
+    torch.save(state, _rank_file(partial))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        sizes = {
+            "tensor_parallel": ps.get_tensor_model_parallel_world_size(),
+            "pipeline_parallel": ps.get_pipeline_model_parallel_world_size(),
+            "data_parallel": ps.get_data_parallel_world_size(),
+        }
+        (partial / _META).write_text(json.dumps({"step": step, **sizes}))
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        partial.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def resolve_checkpoint(directory: str | Path) -> Path:
+    """`directory`, or its `.old` copy left by a crash mid-swap."""
+    final = Path(directory)
+    if (final / _META).exists():
+        return final
+    old = final.with_name(final.name + ".old")
+    if (old / _META).exists():
+        return old
+    raise FileNotFoundError(f"no complete learner checkpoint at {final}")
+
+
+@torch.no_grad()
+def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, lr_scheduler) -> int:
+    """Restore this rank's state from a checkpoint of the same parallel layout; returns the step."""
+    from megatron.core import parallel_state as ps
+
+    source = resolve_checkpoint(directory)
+    meta = json.loads((source / _META).read_text())
+    layout = (
+        ps.get_tensor_model_parallel_world_size(),
+        ps.get_pipeline_model_parallel_world_size(),
+        ps.get_data_parallel_world_size(),
+    )
+    saved = (meta["tensor_parallel"], meta["pipeline_parallel"], meta["data_parallel"])
+    if saved != layout:
+        raise ValueError(f"{source}: saved with (tp, pp, dp) = {saved}, this run is {layout}")
+    state = torch.load(_rank_file(source), map_location="cpu", weights_only=False)
+    params = dict(unwrap_model(model).named_parameters())
+    if params.keys() != state["model"].keys():
+        raise ValueError(f"{source}: parameter names differ from this model's")
+    for name, param in params.items():
+        param.copy_(state["model"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    for part, part_state in zip(
+        _distributed_optimizers(optimizer), state["optimizer_param_state"], strict=True
+    ):
+        part.load_parameter_state_from_dp_reshardable(part_state)
+    _unshare_adam_steps(optimizer)
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    torch.set_rng_state(state["rng"])
+    dist.barrier()
+    return int(state["step"])

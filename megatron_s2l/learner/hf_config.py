@@ -1,0 +1,130 @@
+"""A Hugging Face Qwen3 dense `config.json` -> the architecture record and Megatron's TransformerConfig.
+
+Covers Qwen3-0.6B ... 14B (Base and chat): GQA, qk-layernorm, RMSNorm, SwiGLU, RoPE, no biases,
+tied embeddings (small models) or untied (8B and up). `kv_channels` is the config's `head_dim`, which
+for Qwen3 is NOT hidden_size / num_heads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from megatron_s2l.learner.parallel import ParallelConfig
+
+SUPPORTED_MODEL_TYPES = ("qwen3",)
+
+
+@dataclass(frozen=True, slots=True)
+class Qwen3Arch:
+    """The architecture fields of a Qwen3 `config.json` that the learner uses."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float
+    rms_norm_eps: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+
+    @property
+    def heads_per_group(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+
+def read_qwen3_config(hf_dir: str | Path) -> tuple[Qwen3Arch, dict]:
+    """Parse `hf_dir/config.json`; returns the architecture and the raw dict (kept for export)."""
+    path = Path(hf_dir) / "config.json"
+    raw = json.loads(path.read_text())
+    model_type = raw.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{path}: model_type {model_type!r} is not supported (expected one of "
+                         f"{SUPPORTED_MODEL_TYPES})")  # fmt: skip
+    if raw.get("attention_bias", False):
+        raise ValueError(f"{path}: attention_bias=true is not a Qwen3 dense layout")
+    if raw.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{path}: hidden_act {raw['hidden_act']!r} is not supported (silu only)")
+    rope = raw.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default" or raw.get("rope_scaling"):
+        raise ValueError(f"{path}: only default RoPE is supported, got {rope or raw.get('rope_scaling')}")
+    num_heads = raw["num_attention_heads"]
+    arch = Qwen3Arch(
+        vocab_size=raw["vocab_size"],
+        hidden_size=raw["hidden_size"],
+        intermediate_size=raw["intermediate_size"],
+        num_layers=raw["num_hidden_layers"],
+        num_heads=num_heads,
+        num_kv_heads=raw.get("num_key_value_heads", num_heads),
+        head_dim=raw.get("head_dim") or raw["hidden_size"] // num_heads,
+        rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 1_000_000.0))),
+        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        max_position_embeddings=raw.get("max_position_embeddings", 40960),
+        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+    )
+    if arch.num_heads % arch.num_kv_heads != 0:
+        raise ValueError(f"{path}: num_attention_heads {num_heads} not divisible by num_key_value_heads")
+    return arch, raw
+
+
+def padded_vocab_size(vocab_size: int, pad_multiple: int, tp: int) -> int:
+    """Round the vocabulary up to a multiple of pad_multiple * tp (each TP rank gets equal rows)."""
+    step = pad_multiple * tp
+    return int(math.ceil(vocab_size / step) * step)
+
+
+def build_transformer_config(
+    arch: Qwen3Arch,
+    parallel: ParallelConfig,
+    *,
+    params_dtype: torch.dtype,
+    recompute_activations: bool = False,
+):
+    """Megatron TransformerConfig for `arch` at the given parallel sizes and parameter dtype.
+
+    Losses are averaged over micro-batches and DP ranks by Megatron (calculate_per_token_loss=False);
+    `train_step` pre-scales each micro-batch loss so that the sum is the global-batch loss.
+    """
+    from megatron.core.transformer import TransformerConfig
+
+    bf16 = params_dtype == torch.bfloat16
+    return TransformerConfig(
+        num_layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        ffn_hidden_size=arch.intermediate_size,
+        num_attention_heads=arch.num_heads,
+        num_query_groups=arch.num_kv_heads,
+        kv_channels=arch.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=arch.rms_norm_eps,
+        qk_layernorm=True,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=parallel.tensor_parallel,
+        pipeline_model_parallel_size=parallel.pipeline_parallel,
+        sequence_parallel=False,
+        params_dtype=params_dtype,
+        bf16=bf16,
+        pipeline_dtype=params_dtype,
+        # Megatron's kernel fusions stay at their defaults (off): they need Apex/TE CUDA kernels.
+        use_cpu_initialization=not torch.cuda.is_available(),
+        # NOTE: the weights are overwritten from the checkpoint, but megatron-core 0.16.1 marks
+        # parameters as tensor-parallel (`tensor_model_parallel`, used by grad-norm and clipping)
+        # only inside its init routines, so they must run.
+        perform_initialization=True,
+        recompute_granularity="full" if recompute_activations else None,
+        recompute_method="uniform" if recompute_activations else None,
+        recompute_num_layers=1 if recompute_activations else None,
+    )

@@ -1,0 +1,196 @@
+"""`Learner`: the Megatron policy behind one SPMD facade.
+
+Every learner rank calls the same methods with the same arguments (the driver broadcasts the
+batch); results that are global (log-probs, metrics) come back on every rank.
+
+    learner = Learner.from_hf(LearnerConfig(), "Qwen3-8B-Base")   # inside torchrun ranks
+    batch.old_logprobs = learner.compute_logprobs(batch)
+    metrics = learner.train_step(batch)
+    for name, tensor in learner.iter_hf_weights(): ...             # weight sync
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from megatron_s2l.algo.loss import LossConfig
+from megatron_s2l.learner import checkpoint, export
+from megatron_s2l.learner import train_step as grpo_step
+from megatron_s2l.learner.batch import TrainBatch
+from megatron_s2l.learner.hf_config import Qwen3Arch, build_transformer_config, read_qwen3_config
+from megatron_s2l.learner.hf_loader import load_hf_weights
+from megatron_s2l.learner.model import build_gpt_model
+from megatron_s2l.learner.optimizer import OptimizerConfig, build_lr_scheduler, build_optimizer
+from megatron_s2l.learner.parallel import ParallelConfig, ParallelLayout, init_distributed
+
+ParamsDtype = Literal["auto", "float32", "bfloat16"]
+
+
+@dataclass(kw_only=True, slots=True)
+class LearnerConfig:
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Parallel sizes, micro-batch size, distributed optimizer."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Adam, clipping, learning-rate schedule."""
+    params_dtype: ParamsDtype = "auto"
+    """Parameter dtype; auto: bfloat16 with CUDA, float32 on CPU."""
+    vocab_pad_multiple: int = 128
+    """The vocabulary is padded to a multiple of this times TP (padded logits are masked)."""
+    recompute_activations: bool = False
+    """Recompute each layer in backward instead of keeping its activations (saves memory)."""
+
+    def __post_init__(self) -> None:
+        if self.vocab_pad_multiple < 1:
+            raise ValueError(f"vocab_pad_multiple must be >= 1, got {self.vocab_pad_multiple}")
+
+    def resolved_dtype(self) -> torch.dtype:
+        if self.params_dtype == "auto":
+            return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        return getattr(torch, self.params_dtype)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedPolicy:
+    """This rank's stage of the policy, loaded from HF, before any training wrappers."""
+
+    arch: Qwen3Arch
+    raw_hf_config: dict
+    layout: ParallelLayout
+    transformer_config: object
+    model: torch.nn.Module
+
+
+def load_hf_policy(cfg: LearnerConfig, hf_dir: str | Path) -> LoadedPolicy:
+    """Start the parallel state and load this rank's stage of the HF checkpoint (no optimizer)."""
+    arch, raw = read_qwen3_config(hf_dir)
+    layout = init_distributed(
+        cfg.parallel, num_layers=arch.num_layers, num_heads=arch.num_heads, num_query_groups=arch.num_kv_heads
+    )
+    tf_config = build_transformer_config(
+        arch, cfg.parallel, params_dtype=cfg.resolved_dtype(), recompute_activations=cfg.recompute_activations
+    )
+    model = build_gpt_model(arch, tf_config, vocab_pad_multiple=cfg.vocab_pad_multiple)
+    load_hf_weights(model, hf_dir, arch)
+    return LoadedPolicy(arch, raw, layout, tf_config, model)
+
+
+def wrap_for_training(cfg: LearnerConfig, transformer_config, model: torch.nn.Module):
+    """(DDP model, optimizer, LR scheduler) around a loaded GPTModel stage: Float16Module for bf16,
+    Megatron DDP (fp32 gradient reduction), Megatron's (distributed) optimizer, and the hooks the
+    pipeline schedule calls to reduce gradients and scale the loss."""
+    from megatron.core.distributed import (
+        DistributedDataParallel,
+        DistributedDataParallelConfig,
+        finalize_model_grads,
+    )
+    from megatron.core.transformer.module import Float16Module
+
+    dtype = cfg.resolved_dtype()
+    if dtype != torch.float32:
+        model = Float16Module(transformer_config, model)
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, use_distributed_optimizer=cfg.parallel.distributed_optimizer
+    )
+    model = DistributedDataParallel(transformer_config, ddp_config, model)
+    optimizer = build_optimizer(
+        cfg.optimizer, model, params_dtype=dtype, distributed=cfg.parallel.distributed_optimizer
+    )
+    # The schedule reduces DP gradients (and tied-embedding gradients across stages) here.
+    transformer_config.finalize_model_grads_func = finalize_model_grads
+    transformer_config.grad_scale_func = optimizer.scale_loss
+    return model, optimizer, build_lr_scheduler(cfg.optimizer, optimizer)
+
+
+class Learner:
+    """The policy model with its optimizer and scheduler on this rank (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: LearnerConfig,
+        arch: Qwen3Arch,
+        raw_hf_config: dict,
+        layout: ParallelLayout,
+        model: torch.nn.Module,
+        optimizer,
+        lr_scheduler,
+        *,
+        loss: LossConfig,
+        temperature: float,
+        source_dir: Path | None = None,
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.cfg, self.arch, self.raw_hf_config, self.layout = cfg, arch, raw_hf_config, layout
+        self.loss, self.temperature = loss, temperature
+        self.model, self.optimizer, self.lr_scheduler = model, optimizer, lr_scheduler
+        self.source_dir = source_dir
+        self.step = 0
+
+    @classmethod
+    def from_hf(
+        cls,
+        cfg: LearnerConfig,
+        hf_dir: str | Path,
+        *,
+        loss: LossConfig | None = None,
+        temperature: float = 1.0,
+    ) -> Learner:
+        """Start the parallel state, build this rank's stage and load the HF checkpoint into it.
+
+        `loss` is the GRPO objective (default `LossConfig()`); `temperature` is the learner engines'
+        sampling temperature: logits are divided by it before every log-prob, so that log-probs
+        match the distribution the samples came from."""
+        policy = load_hf_policy(cfg, hf_dir)
+        model, optimizer, lr_scheduler = wrap_for_training(cfg, policy.transformer_config, policy.model)
+        return cls(
+            cfg, policy.arch, policy.raw_hf_config, policy.layout, model, optimizer, lr_scheduler,
+            loss=loss or LossConfig(), temperature=temperature, source_dir=Path(hf_dir),
+        )  # fmt: skip
+
+    def compute_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        """Forward-only per-token log-probs [B, L-1] (fp32, CPU) at the configured temperature."""
+        return self.compute_logprobs_and_entropy(batch, with_entropy=False)[0]
+
+    def compute_logprobs_and_entropy(
+        self, batch: TrainBatch, *, with_entropy: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Forward-only log-probs and entropies of the next-token distributions, [B, L-1] each."""
+        return grpo_step.compute_logprobs(
+            self.model, batch, vocab_size=self.arch.vocab_size, temperature=self.temperature,
+            micro_batch_size=self.cfg.parallel.micro_batch_size, with_entropy=with_entropy,
+        )  # fmt: skip
+
+    def train_step(self, batch: TrainBatch) -> dict[str, float]:
+        """One optimizer step on the global batch; metrics: loss, pg_loss, clipfrac_*, approx_kl,
+        kl / entropy when enabled, grad_norm, lr, skipped."""
+        metrics = grpo_step.train_step(
+            self.model, self.optimizer, self.lr_scheduler, batch, self.loss,
+            vocab_size=self.arch.vocab_size, temperature=self.temperature,
+            micro_batch_size=self.cfg.parallel.micro_batch_size,
+        )  # fmt: skip
+        if not metrics["skipped"]:
+            self.step += 1
+        return metrics
+
+    def iter_hf_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """See `megatron_s2l.learner.export.iter_hf_weights` (collective; this rank's stage)."""
+        return export.iter_hf_weights(self.model, self.arch, dtype=dtype)
+
+    def export_hf(self, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write an HF checkpoint (collective); tokenizer files come from the source checkpoint."""
+        return export.export_hf(
+            self.model, self.arch, self.raw_hf_config, out_dir, source_dir=self.source_dir, dtype=dtype
+        )
+
+    def save(self, directory: str | Path) -> Path:
+        """Atomically save model, optimizer, scheduler and step (collective)."""
+        return checkpoint.save_checkpoint(directory, self.model, self.optimizer, self.lr_scheduler, self.step)
+
+    def load(self, directory: str | Path) -> None:
+        """Restore the state saved by `save` (same parallel layout; collective)."""
+        self.step = checkpoint.load_checkpoint(directory, self.model, self.optimizer, self.lr_scheduler)

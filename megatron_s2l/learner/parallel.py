@@ -1,0 +1,147 @@
+"""torch.distributed and Megatron parallel state: TP x PP x DP from the config and the world size.
+
+Backend: NCCL with CUDA, gloo without (then `megatron_s2l.compat` is activated). DP is derived:
+world_size / (tp * pp). Sizes that cannot work raise ValueError naming the field before any process
+group is created.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from megatron_s2l.compat import activate_cpu_compat
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, slots=True)
+class ParallelConfig:
+    tensor_parallel: int = 1
+    """Tensor-parallel size (splits heads, query groups, FFN and vocabulary)."""
+    pipeline_parallel: int = 1
+    """Pipeline-parallel size (splits the layers into equal stages)."""
+    micro_batch_size: int = 1
+    """Sequences per micro-batch on each data-parallel rank."""
+    distributed_optimizer: bool = False
+    """Shard optimizer state over data-parallel ranks (Megatron's distributed optimizer)."""
+    seed: int = 1234
+    """Seed of the model-parallel RNG states (dropout, random init)."""
+    timeout_minutes: int = 30
+    """Time-out of every collective before the job fails instead of hanging."""
+
+    def __post_init__(self) -> None:
+        for name in ("tensor_parallel", "pipeline_parallel", "micro_batch_size", "timeout_minutes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, slots=True)
+class ParallelLayout:
+    """This rank's place in the TP x PP x DP grid."""
+
+    world_size: int
+    tp: int
+    pp: int
+    dp: int
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp - 1
+
+
+def check_parallel_sizes(
+    cfg: ParallelConfig, world_size: int, *, num_layers: int, num_heads: int, num_query_groups: int
+) -> int:
+    """Validate TP/PP against the world and the model; return the data-parallel size."""
+    tp, pp = cfg.tensor_parallel, cfg.pipeline_parallel
+    if world_size % (tp * pp) != 0:
+        raise ValueError(
+            f"world size {world_size} is not divisible by tensor_parallel * pipeline_parallel = {tp * pp}"
+        )
+    if num_layers % pp != 0:
+        raise ValueError(f"pipeline_parallel={pp} does not divide the model's {num_layers} layers")
+    if num_heads % tp != 0:
+        raise ValueError(f"tensor_parallel={tp} does not divide the model's {num_heads} attention heads")
+    if num_query_groups % tp != 0:
+        raise ValueError(
+            f"tensor_parallel={tp} does not divide the model's {num_query_groups} query groups (KV heads)"
+        )
+    return world_size // (tp * pp)
+
+
+def init_distributed(
+    cfg: ParallelConfig, *, num_layers: int, num_heads: int, num_query_groups: int
+) -> ParallelLayout:
+    """Initialise torch.distributed (if the launcher has not) and Megatron's parallel state.
+
+    Reads RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT from the environment (torchrun) when no default
+    process group exists yet; a single process without them runs as a world of one.
+    """
+    from megatron.core import parallel_state, tensor_parallel
+
+    use_cuda = torch.cuda.is_available()
+    if not use_cuda:
+        activate_cpu_compat()
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo", timeout=timedelta(minutes=cfg.timeout_minutes)
+        )
+    world_size = dist.get_world_size()
+    dp = check_parallel_sizes(
+        cfg, world_size, num_layers=num_layers, num_heads=num_heads, num_query_groups=num_query_groups
+    )
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=cfg.tensor_parallel,
+        pipeline_model_parallel_size=cfg.pipeline_parallel,
+        distributed_timeout_minutes=cfg.timeout_minutes,
+    )
+    tensor_parallel.model_parallel_cuda_manual_seed(cfg.seed)
+    if dist.get_rank() == 0:
+        logger.info(
+            "learner ranks: world %d = TP %d x PP %d x DP %d (%s)",
+            world_size, cfg.tensor_parallel, cfg.pipeline_parallel, dp, dist.get_backend(),
+        )  # fmt: skip
+    return ParallelLayout(
+        world_size=world_size,
+        tp=cfg.tensor_parallel,
+        pp=cfg.pipeline_parallel,
+        dp=dp,
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        dp_rank=parallel_state.get_data_parallel_rank(),
+    )
+
+
+def destroy_distributed() -> None:
+    """Tear down Megatron's parallel state (the default process group is left to its owner)."""
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,201 @@
+"""The GRPO train step and the forward-only log-prob pass through Megatron's pipeline schedule.
+
+Every rank receives the same global batch (SPMD). Data-parallel rank d takes sequences
+[d * B/dp, (d + 1) * B/dp) and splits them into micro-batches of `micro_batch_size`.
+
+Loss normalisation: each micro-batch's GRPO loss is computed with the token (or sequence) count of
+the whole global batch, so the sum over micro-batches and DP ranks is exactly the global-batch loss.
+Megatron's schedule divides every micro-batch loss by the number of micro-batches and DDP averages
+gradients over DP ranks, so the loss handed to the schedule is pre-multiplied by
+num_microbatches * dp: the resulting gradient equals that of one big batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.distributed as dist
+
+from megatron_s2l.algo.loss import LossConfig, grpo_loss
+from megatron_s2l.learner.batch import TrainBatch
+from megatron_s2l.learner.logprobs import token_logprobs_from_logits
+
+# Metrics aggregated with the global-batch normalisation add up over micro-batches and DP ranks;
+# the others (fractions, approximate KL) are local means, averaged.
+_ADDITIVE_METRICS = ("loss", "pg_loss", "kl", "entropy")
+
+LossFn = Callable[[TrainBatch, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def current_device() -> torch.device:
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
+
+
+def split_for_this_rank(batch: TrainBatch, micro_batch_size: int) -> list[TrainBatch]:
+    """This DP rank's share of the global batch, as micro-batches (on the compute device)."""
+    from megatron.core import parallel_state
+
+    dp = parallel_state.get_data_parallel_world_size()
+    dp_rank = parallel_state.get_data_parallel_rank()
+    if batch.num_seqs % (dp * micro_batch_size) != 0:
+        raise ValueError(
+            f"global batch of {batch.num_seqs} sequences is not divisible by data_parallel ({dp}) * "
+            f"micro_batch_size ({micro_batch_size})"
+        )
+    per_rank = batch.num_seqs // dp
+    local = batch.select(slice(dp_rank * per_rank, (dp_rank + 1) * per_rank)).to(current_device())
+    return [local.select(slice(i, i + micro_batch_size)) for i in range(0, per_rank, micro_batch_size)]
+
+
+def _forward_step(loss_fn: LossFn, data_iterator, model):
+    micro_batch = next(data_iterator)
+    input_ids_BL = micro_batch.input_ids
+    position_ids_BL = torch.arange(input_ids_BL.shape[1], device=input_ids_BL.device).expand_as(input_ids_BL)
+    output = model(input_ids_BL, position_ids_BL, attention_mask=None)
+    return output, partial(loss_fn, micro_batch)
+
+
+def run_schedule(
+    model: torch.nn.Module, micro_batches: list[TrainBatch], loss_fn: LossFn, *, forward_only: bool
+) -> list[dict[str, torch.Tensor]]:
+    """Run all micro-batches through Megatron's (pipelined) forward-backward schedule; returns the
+    per-micro-batch outputs of `loss_fn` (non-empty on the last pipeline stage only)."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    seq_length = micro_batches[0].input_ids.shape[1]
+    return get_forward_backward_func()(
+        forward_step_func=partial(_forward_step, loss_fn),
+        data_iterator=iter(micro_batches),
+        model=[model],
+        num_microbatches=len(micro_batches),
+        seq_length=seq_length,
+        micro_batch_size=micro_batches[0].num_seqs,
+        forward_only=forward_only,
+    )
+
+
+def _broadcast_from_last_stage(obj):
+    """Send a Python object from the last pipeline stage to every stage of this pipeline."""
+    from megatron.core import parallel_state
+
+    if parallel_state.get_pipeline_model_parallel_world_size() == 1:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(
+        holder,
+        src=parallel_state.get_pipeline_model_parallel_last_rank(),
+        group=parallel_state.get_pipeline_model_parallel_group(),
+    )
+    return holder[0]
+
+
+@torch.no_grad()
+def compute_logprobs(
+    model: torch.nn.Module,
+    batch: TrainBatch,
+    *,
+    vocab_size: int,
+    temperature: float,
+    micro_batch_size: int,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Forward-only log-probs [B, L-1] (and entropies [B, L-1] when `with_entropy`) of the whole
+    batch, fp32 on the CPU, returned on every rank."""
+    from megatron.core import parallel_state
+
+    def logprobs_fn(micro_batch: TrainBatch, logits_BLV: torch.Tensor):
+        logp_BT, entropy_BT = token_logprobs_from_logits(
+            logits_BLV, micro_batch.input_ids, vocab_size=vocab_size, temperature=temperature,
+            compute_entropy=with_entropy,
+        )  # fmt: skip
+        stats_2BT = torch.stack([logp_BT, entropy_BT if with_entropy else torch.zeros_like(logp_BT)])
+        return logits_BLV.new_zeros(()), {"stats": stats_2BT}
+
+    outputs = run_schedule(
+        model, split_for_this_rank(batch, micro_batch_size), logprobs_fn, forward_only=True
+    )
+    stats_2BT = None
+    if parallel_state.is_pipeline_last_stage():
+        stats_2BT = torch.cat([out["stats"] for out in outputs], dim=1)
+        dp = parallel_state.get_data_parallel_world_size()
+        if dp > 1:
+            shards = [torch.empty_like(stats_2BT) for _ in range(dp)]
+            dist.all_gather(shards, stats_2BT, group=parallel_state.get_data_parallel_group())
+            stats_2BT = torch.cat(shards, dim=1)
+        stats_2BT = stats_2BT.cpu()
+    stats_2BT = _broadcast_from_last_stage(stats_2BT)
+    return stats_2BT[0], stats_2BT[1] if with_entropy else None
+
+
+def _reduce_metrics(outputs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Global-batch metrics from this rank's micro-batch outputs (last stage only): additive metrics
+    summed, the others averaged, over micro-batches and DP ranks."""
+    from megatron.core import parallel_state
+
+    names = sorted(outputs[0])
+    dp = parallel_state.get_data_parallel_world_size()
+    values = torch.stack([torch.stack([out[n].float() for out in outputs]).sum() for n in names])
+    dist.all_reduce(values, group=parallel_state.get_data_parallel_group())
+    divisors = [1.0 if n in _ADDITIVE_METRICS else len(outputs) * dp for n in names]
+    return {n: v.item() / d for n, v, d in zip(names, values.cpu(), divisors, strict=True)}
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer,
+    lr_scheduler,
+    batch: TrainBatch,
+    loss_cfg: LossConfig,
+    *,
+    vocab_size: int,
+    temperature: float,
+    micro_batch_size: int,
+) -> dict[str, float]:
+    """One optimizer step on the global batch; returns the global metrics on every rank.
+
+    A non-finite global loss skips the update on every rank (metrics report `skipped` = 1); the
+    gradients are discarded by the next step's zeroing.
+    """
+    from megatron.core import parallel_state
+
+    if batch.old_logprobs is None:
+        raise ValueError("train_step needs batch.old_logprobs (see Learner.compute_logprobs)")
+    if loss_cfg.kl_coef > 0 and batch.ref_logprobs is None:
+        raise ValueError("kl_coef > 0 needs batch.ref_logprobs")
+    micro_batches = split_for_this_rank(batch, micro_batch_size)
+    dp = parallel_state.get_data_parallel_world_size()
+    scale = len(micro_batches) * dp
+    global_tokens = batch.loss_mask.sum().item()
+
+    def loss_fn(micro_batch: TrainBatch, logits_BLV: torch.Tensor):
+        logp_BT, entropy_BT = token_logprobs_from_logits(
+            logits_BLV, micro_batch.input_ids, vocab_size=vocab_size, temperature=temperature,
+            compute_entropy=loss_cfg.entropy_coef > 0,
+        )  # fmt: skip
+        loss, metrics = grpo_loss(
+            loss_cfg, logp_BT, micro_batch.old_logprobs, micro_batch.advantages, micro_batch.loss_mask,
+            ref_logprobs=micro_batch.ref_logprobs, entropy=entropy_BT,
+            global_tokens=global_tokens, global_seqs=batch.num_seqs,
+        )  # fmt: skip
+        return loss * scale, {"loss": loss.detach(), **metrics}
+
+    model.zero_grad_buffer()
+    optimizer.zero_grad()
+    outputs = run_schedule(model, micro_batches, loss_fn, forward_only=False)
+    metrics = _reduce_metrics(outputs) if parallel_state.is_pipeline_last_stage() else None
+    metrics = _broadcast_from_last_stage(metrics)
+    if not math.isfinite(metrics["loss"]):
+        return {**metrics, "grad_norm": float("nan"), "lr": optimizer.param_groups[0]["lr"], "skipped": 1.0}
+    # NOTE: the scheduler steps first, so optimizer step k (1-based) uses lr(k): warmup reaches the
+    # peak lr at step warmup_steps instead of spending step 1 at lr 0.
+    lr_scheduler.step(1)
+    _, grad_norm, _ = optimizer.step()
+    grad_norm = float("nan") if grad_norm is None else float(grad_norm)
+    return {**metrics, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"], "skipped": 0.0}

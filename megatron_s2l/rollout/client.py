@@ -1,0 +1,165 @@
+"""Async client for SGLang's `/generate` over a pool of servers: batched, bounded, retried.
+
+Samples are sent in batches (one POST carries up to `batch_size` samples as a list of `input_ids`,
+each with its own request id). A batch counts only when its whole answer arrives, so a batch lost to
+a dead or silent server is re-sent in full elsewhere and no sample is lost or counted twice. Samples
+that come back with finish reason `abort` (a server that aborted them, e.g. on shutdown) are re-sent
+too; only `stop` and `length` reach the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from megatron_s2l.rollout.pool import EnginePool
+from megatron_s2l.rollout.records import RolloutRecord, SampleRequest, Source
+from megatron_s2l.rollout.sampling_params import SamplingConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, slots=True)
+class ClientConfig:
+    """Request shaping and failure tolerance of the rollout client."""
+
+    max_concurrency: int = 8
+    """HTTP requests in flight per pool at once."""
+    batch_size: int = 8
+    """Samples per `/generate` request."""
+    request_timeout_s: float = 600.0
+    """A request not answered within this is treated as failed (server hung) and re-sent."""
+    max_retries: int = 3
+    """Re-sends of one batch before the call fails."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrency", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+
+
+class GenerationError(RuntimeError):
+    """A batch of samples could not be generated within the allowed retries."""
+
+
+class _ServerFailure(Exception):
+    """The server did not answer this request properly (connection error, time-out, 5xx)."""
+
+
+@dataclass(slots=True)
+class ClientStats:
+    requests: int = 0
+    resent_batches: int = 0
+    resent_aborted_samples: int = 0
+
+
+class RolloutClient:
+    """Generates `SampleRequest`s on one pool and returns `RolloutRecord`s in request order."""
+
+    def __init__(self, pool: EnginePool, source: Source, config: ClientConfig) -> None:
+        self.pool, self.source, self.config = pool, source, config
+        self.stats = ClientStats()
+        self._semaphore = asyncio.Semaphore(config.max_concurrency)
+        self._headers = {}
+        if pool.config.engine.api_key is not None:
+            self._headers["Authorization"] = f"Bearer {pool.config.engine.api_key}"
+
+    async def generate(self, requests: list[SampleRequest], sampling: SamplingConfig) -> list[RolloutRecord]:
+        """All `requests`, each answered once with a finished (stop/length) response."""
+        if not requests:
+            return []
+        size = self.config.batch_size
+        chunks = [requests[i : i + size] for i in range(0, len(requests), size)]
+        timeout = aiohttp.ClientTimeout(total=self.config.request_timeout_s)
+        # A fresh session per call: asyncio.run() in the sampler gives each call its own event loop.
+        async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as session:
+            answers = await asyncio.gather(*(self._generate_chunk(session, c, sampling) for c in chunks))
+        return [record for chunk in answers for record in chunk]
+
+    async def _generate_chunk(
+        self, session: aiohttp.ClientSession, chunk: list[SampleRequest], sampling: SamplingConfig
+    ) -> list[RolloutRecord]:
+        done: dict[int, RolloutRecord] = {}
+        pending = list(range(len(chunk)))
+        for attempt in range(self.config.max_retries + 1):
+            if attempt:
+                self.stats.resent_batches += 1
+            server, generation = self.pool.pick()
+            batch = [chunk[i] for i in pending]
+            try:
+                async with self._semaphore:
+                    self.pool.in_flight[server.url] += 1
+                    try:
+                        outputs = await self._post(session, server.url, batch, sampling)
+                    finally:
+                        self.pool.in_flight[server.url] -= 1
+            except _ServerFailure as error:
+                logger.warning("%s: batch of %d failed on %s: %s", self.source, len(batch), server.url, error)
+                await self.pool.handle_failure(server, generation, error)
+                continue
+            aborted = []
+            for index, request, output in zip(pending, batch, outputs, strict=True):
+                record = self._to_record(request, output)
+                if record.finish_reason == "abort":
+                    aborted.append(index)
+                else:
+                    done[index] = record
+            self.stats.resent_aborted_samples += len(aborted)
+            pending = aborted
+            if not pending:
+                return [done[i] for i in range(len(chunk))]
+        raise GenerationError(
+            f"{self.source}: {len(pending)} of {len(chunk)} samples not generated after "
+            f"{self.config.max_retries} retries (pool {self.pool.name}: {self.pool.urls})"
+        )
+
+    async def _post(
+        self, session: aiohttp.ClientSession, url: str, batch: list[SampleRequest], sampling: SamplingConfig
+    ) -> list[dict[str, Any]]:
+        payload = {
+            "input_ids": [request.input_ids for request in batch],
+            "sampling_params": sampling.to_sglang(),
+            "return_logprob": True,
+            "logprob_start_len": -1,
+            "rid": [uuid.uuid4().hex for _ in batch],
+        }
+        self.stats.requests += 1
+        try:
+            async with session.post(url + "/generate", json=payload) as response:
+                if response.status >= 500:
+                    raise _ServerFailure(f"HTTP {response.status}: {(await response.text())[:300]}")
+                if response.status != 200:
+                    # A 4xx is our request's fault: re-sending it elsewhere would not help.
+                    raise GenerationError(
+                        f"{url}/generate answered {response.status}: {await response.text()}"
+                    )
+                outputs = await response.json()
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as error:
+            raise _ServerFailure(f"{type(error).__name__}: {error}") from error
+        if len(outputs) != len(batch):
+            raise _ServerFailure(f"{len(outputs)} answers for {len(batch)} samples")
+        return outputs
+
+    def _to_record(self, request: SampleRequest, output: dict[str, Any]) -> RolloutRecord:
+        meta = output["meta_info"]
+        finish = meta.get("finish_reason") or {"type": "abort"}
+        token_logprobs = meta.get("output_token_logprobs") or []
+        return RolloutRecord(
+            prompt_id=request.prompt_id,
+            sample_index=request.sample_index,
+            source=self.source,
+            prompt_ids=list(request.input_ids),
+            response_ids=list(output["output_ids"]),
+            logprobs=[float(entry[0]) for entry in token_logprobs],
+            finish_reason=finish["type"],
+            weight_version=str(meta.get("weight_version", "")),
+        )

@@ -1,0 +1,67 @@
+"""Start the explorer and learner pools of a run, after checking that they share a tokenizer.
+
+with RolloutEngines(config.rollout, explorer_model=..., learner_model=...) as engines:
+    sampler = engines.build_sampler(t_mix=..., group_size=...)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from megatron_s2l.rollout.client import RolloutClient
+from megatron_s2l.rollout.explorer_cache import ExplorerCache
+from megatron_s2l.rollout.pool import EnginePool
+from megatron_s2l.rollout.sampler import RolloutConfig, S2LGroupSampler
+from megatron_s2l.rollout.tokenizer_check import check_same_tokenizer
+
+
+class RolloutEngines:
+    """The explorer pool (absent when a cache replaces it) and the learner pool of one run."""
+
+    def __init__(
+        self, config: RolloutConfig, *, explorer_model: str | Path | None, learner_model: str | Path
+    ) -> None:
+        self.config = config
+        self.explorer_model = explorer_model
+        log_dir = Path(config.log_dir)
+        live_explorer = explorer_model is not None and config.explorer_cache_path is None
+        self.explorer = (
+            EnginePool("explorer", explorer_model, config.explorer, log_dir) if live_explorer else None
+        )
+        self.learner = EnginePool("learner", learner_model, config.learner, log_dir)
+        self.startup_seconds: dict[str, list[float]] = {}
+
+    def start(self) -> RolloutEngines:
+        if self.explorer_model is not None:
+            # Before any server starts: a mismatch is a configuration error, found in seconds.
+            check_same_tokenizer(self.explorer_model, self.learner.model_path)
+        try:
+            if self.explorer is not None:
+                self.startup_seconds["explorer"] = self.explorer.start()
+            self.startup_seconds["learner"] = self.learner.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for pool in (self.learner, self.explorer):
+            if pool is not None:
+                pool.stop()
+
+    def __enter__(self) -> RolloutEngines:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def build_sampler(self, *, t_mix: int, group_size: int, cache_seed: int = 0) -> S2LGroupSampler:
+        client_config = self.config.client
+        explorer = None if self.explorer is None else RolloutClient(self.explorer, "explorer", client_config)
+        learner = RolloutClient(self.learner, "learner", client_config)
+        cache = None
+        if self.config.explorer_cache_path is not None:
+            cache = ExplorerCache(self.config.explorer_cache_path, seed=cache_seed)
+        return S2LGroupSampler(
+            explorer, learner, self.config, t_mix=t_mix, group_size=group_size, explorer_cache=cache
+        )

@@ -1,0 +1,361 @@
+"""Start, watch and stop one SGLang server (`python -m sglang.launch_server`) or an `sglang-router`.
+
+    server = EngineServer(model_path, EngineConfig(port=0), log_path="logs/learner0.log")
+    server.start()            # returns once GET /health answers 200
+    ...
+    server.stop()             # SIGTERM to the server's own process group, SIGKILL after a grace
+
+Each server runs in its own session (process group = its PID), so stopping it stops its scheduler and
+detokenizer children too, and nothing else. The child also gets PR_SET_PDEATHSIG, and the parent
+stops all servers it started at exit, so no server outlives the trainer.
+
+On CPU (no CUDA in this process) the launcher sets SGLANG_USE_CPU_ENGINE=1, the CPU flags of
+DESIGN.md 3.2 and float32, and puts `cpu_shims/` (see its README) plus the directory that holds the
+server-only torchvision in front of that child's PYTHONPATH only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import contextlib
+import ctypes
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+CPU_SHIMS_DIR = Path(__file__).with_name("cpu_shims")
+# NOTE: PyPI's torchvision (needed by SGLang's imports) breaks `transformers` in any process that
+# has it, so it is installed apart from the venv's site-packages and put on the server's path only:
+#   python -m pip install --no-deps --target .venv/sglang-cpu-site "torchvision==0.28.*"
+DEFAULT_SERVER_SITE_DIR = Path(sys.prefix) / "sglang-cpu-site"
+
+_PR_SET_PDEATHSIG = 1
+_LIVE_PROCESSES: set[ManagedProcess] = set()
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2l-spawner")
+
+
+@dataclass(kw_only=True, slots=True)
+class EngineConfig:
+    """How to start one SGLang server (the model path is given separately)."""
+
+    host: str = "127.0.0.1"
+    """Address the server binds to; loopback unless the engines run on other hosts."""
+    port: int = 0
+    """HTTP port; 0 picks a free one."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto` is cuda when this process sees a GPU, else cpu (with the CPU flags and stand-ins)."""
+    tp: int = 1
+    """Tensor-parallel size of the server."""
+    dtype: str = "auto"
+    """SGLang `--dtype`; `auto` means float32 on CPU (SGLang would pick a half dtype there)."""
+    mem_fraction_static: float | None = None
+    """`--mem-fraction-static`; None is SGLang's default on GPU and 0.05 on CPU."""
+    max_total_tokens: int | None = None
+    """`--max-total-tokens` (KV cache size in tokens); None is SGLang's default, 8192 on CPU."""
+    context_length: int | None = None
+    """`--context-length`; None takes the model's."""
+    max_running_requests: int | None = None
+    """`--max-running-requests`; None is SGLang's default, 32 on CPU."""
+    api_key: str | None = None
+    """SGLang `--api-key`; the client and the weight sync send it as a bearer token."""
+    sleep_on_idle: bool = True
+    """`--sleep-on-idle`: an idle scheduler otherwise keeps a core busy."""
+    extra_args: list[str] = field(default_factory=list)
+    """More `sglang.launch_server` flags, passed verbatim."""
+    server_site_dirs: list[str] = field(default_factory=list)
+    """Extra directories put on the server's PYTHONPATH; on CPU `.venv/sglang-cpu-site` is added."""
+    startup_timeout_s: float = 300.0
+    """Seconds to wait for /health after launch before failing (with the log's tail)."""
+    stop_timeout_s: float = 20.0
+    """Seconds between SIGTERM and SIGKILL of the server's process group."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.tp < 1:
+            raise ValueError(f"tp must be >= 1, got {self.tp}")
+        if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static <= 1:
+            raise ValueError(f"mem_fraction_static must be in (0, 1], got {self.mem_fraction_static}")
+        for name in ("max_total_tokens", "context_length", "max_running_requests"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or null, got {value}")
+        if self.startup_timeout_s <= 0:
+            raise ValueError(f"startup_timeout_s must be > 0, got {self.startup_timeout_s}")
+        if self.stop_timeout_s <= 0:
+            raise ValueError(f"stop_timeout_s must be > 0, got {self.stop_timeout_s}")
+
+    def resolved_device(self) -> Literal["cpu", "cuda"]:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def build_server_command(model_path: str, config: EngineConfig, port: int) -> list[str]:
+    """The `sglang.launch_server` command line for `config` on its resolved device."""
+    device = config.resolved_device()
+    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model_path)]
+    cmd += ["--host", config.host, "--port", str(port), "--tp-size", str(config.tp)]
+    on_cpu = device == "cpu"
+    cpu_defaults = {"mem_fraction_static": 0.05, "max_total_tokens": 8192, "max_running_requests": 32}
+    if on_cpu:
+        cmd += ["--device", "cpu", "--attention-backend", "torch_native", "--sampling-backend", "pytorch"]
+        cmd += ["--disable-cuda-graph"]
+    dtype = "float32" if on_cpu and config.dtype == "auto" else config.dtype
+    cmd += ["--dtype", dtype]
+    for name in ("mem_fraction_static", "max_total_tokens", "context_length", "max_running_requests"):
+        value = getattr(config, name)
+        if value is None and on_cpu:
+            value = cpu_defaults.get(name)
+        if value is not None:
+            cmd += ["--" + name.replace("_", "-"), str(value)]
+    if config.api_key is not None:
+        cmd += ["--api-key", config.api_key]
+    if config.sleep_on_idle:
+        cmd.append("--sleep-on-idle")
+    return cmd + list(config.extra_args)
+
+
+def build_server_env(device: Literal["cpu", "cuda"], site_dirs: list[str] | None = None) -> dict[str, str]:
+    """A server child's environment: on CPU, the CPU engine switch and the stand-ins on PYTHONPATH."""
+    env = dict(os.environ)
+    paths = list(site_dirs or [])
+    if device == "cpu":
+        env["SGLANG_USE_CPU_ENGINE"] = "1"  # without it SGLang's CPU path imports vllm
+        paths = [str(CPU_SHIMS_DIR), *paths]
+        if DEFAULT_SERVER_SITE_DIR.is_dir():
+            paths.append(str(DEFAULT_SERVER_SITE_DIR))
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def check_cpu_server_site(site_dirs: list[str]) -> None:
+    """Fail with the fix when no torchvision is reachable for a CPU server (SGLang imports it)."""
+    candidates = [DEFAULT_SERVER_SITE_DIR, *map(Path, site_dirs)]
+    if any((d / "torchvision").is_dir() for d in candidates) or importlib.util.find_spec("torchvision"):
+        return
+    raise RuntimeError(
+        "a CPU SGLang server needs torchvision on its path, kept out of the venv (it breaks "
+        "transformers there); install it with:\n"
+        f"  {sys.executable} -m pip install --no-deps --target {DEFAULT_SERVER_SITE_DIR} "
+        '"torchvision==0.28.*"'
+    )
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: SIGTERM it when the parent dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ManagedProcess:
+    """A child process in its own process group, logged to a file, stopped by its own PID."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_path: str | Path) -> None:
+        self.name, self.cmd, self.env = name, cmd, env
+        self.log_path = Path(log_path)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def spawn(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== {time.strftime('%F %T')} {' '.join(self.cmd)}\n".encode())
+            log.flush()
+            # NOTE: PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the
+            # process; a restart from a short-lived worker thread (asyncio.to_thread) would kill the new
+            # server moments later. So every child is forked by one thread that lives as long as we do.
+            self.proc = _SPAWNER.submit(
+                subprocess.Popen,
+                self.cmd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            ).result()
+        _LIVE_PROCESSES.add(self)
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (the tests use this to simulate a crash)."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM the process group, SIGKILL it after `timeout_s`; reap the leader."""
+        if self.proc is None:
+            return
+        self.kill(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=timeout_s)
+        # The leader may be gone while its scheduler children linger: SIGKILL the group regardless.
+        self.kill(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5.0)
+        _LIVE_PROCESSES.discard(self)
+
+
+def _stop_all_at_exit() -> None:
+    for process in list(_LIVE_PROCESSES):
+        process.stop(timeout_s=5.0)
+
+
+atexit.register(_stop_all_at_exit)
+
+
+def http_get_ok(url: str, api_key: str | None = None, timeout_s: float = 5.0) -> bool:
+    """True when GET `url` answers 2xx within `timeout_s`."""
+    request = urllib.request.Request(url)
+    if api_key is not None:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class _HttpProcess:
+    """Shared start/wait/stop of a managed HTTP server process."""
+
+    name: str
+    host: str
+    port: int
+    api_key: str | None
+    startup_timeout_s: float
+    stop_timeout_s: float
+    process: ManagedProcess
+    health_path = "/health"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def start(self) -> float:
+        """Launch and block until healthy; returns the seconds it took."""
+        started = time.monotonic()
+        self.process.spawn()
+        self.wait_healthy(self.startup_timeout_s)
+        return time.monotonic() - started
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.process.is_running():
+                raise RuntimeError(
+                    f"{self.name} exited with code {self.process.proc.returncode} before it was healthy; "
+                    f"log {self.process.log_path}:\n{self.process.log_tail()}"
+                )
+            if self.is_healthy():
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(
+            f"{self.name} not healthy after {timeout_s:.0f} s; log {self.process.log_path}:\n"
+            f"{self.process.log_tail()}"
+        )
+
+    def is_healthy(self, timeout_s: float = 5.0) -> bool:
+        return self.process.is_running() and http_get_ok(self.url + self.health_path, self.api_key, timeout_s)
+
+    def stop(self) -> None:
+        self.process.stop(self.stop_timeout_s)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class EngineServer(_HttpProcess):
+    """One SGLang server process serving `model_path`."""
+
+    def __init__(
+        self, model_path: str | Path, config: EngineConfig, log_path: str | Path, name: str = ""
+    ) -> None:
+        self.model_path = str(model_path)
+        self.config = config
+        self.host, self.api_key = config.host, config.api_key
+        self.port = config.port or find_free_port(config.host)
+        self.startup_timeout_s, self.stop_timeout_s = config.startup_timeout_s, config.stop_timeout_s
+        self.name = name or f"sglang[{Path(self.model_path).name}:{self.port}]"
+        cmd = build_server_command(self.model_path, config, self.port)
+        if config.resolved_device() == "cpu":
+            check_cpu_server_site(config.server_site_dirs)
+        self.process = ManagedProcess(
+            self.name, cmd, build_server_env(config.resolved_device(), config.server_site_dirs), log_path
+        )
+
+    def restart(self) -> float:
+        """Stop (if needed) and start again on the same port, from the original model path."""
+        self.stop()
+        return self.start()
+
+
+class RouterServer(_HttpProcess):
+    """An `sglang-router` in front of several engine servers (round-robin or cache-aware)."""
+
+    def __init__(
+        self,
+        worker_urls: list[str],
+        log_path: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        policy: Literal["cache_aware", "round_robin"] = "cache_aware",
+        api_key: str | None = None,
+        device: Literal["cpu", "cuda"] = "cpu",
+        startup_timeout_s: float = 120.0,
+        stop_timeout_s: float = 10.0,
+    ) -> None:
+        self.host, self.api_key = host, api_key
+        self.port = port or find_free_port(host)
+        self.startup_timeout_s, self.stop_timeout_s = startup_timeout_s, stop_timeout_s
+        self.name = f"sglang-router[{self.port}]"
+        cmd = [sys.executable, "-m", "sglang_router.launch_router", "--host", host, "--port", str(self.port)]
+        cmd += ["--policy", policy, "--worker-urls", *worker_urls]
+        if api_key is not None:
+            cmd += ["--api-key", api_key]
+        # The router imports SGLang's Python side too, which needs the same stand-ins on CPU.
+        env = build_server_env(device)
+        self.process = ManagedProcess(self.name, cmd, env, log_path)

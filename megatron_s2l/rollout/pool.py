@@ -1,0 +1,139 @@
+"""A pool of SGLang servers serving one model (the explorer's or the learner's), with failure handling.
+
+The client asks the pool for the least busy live server; when a request to a server fails, the pool
+decides once per failure whether that server is dead or hung (process gone, or /health silent), and
+then drops it (if others remain and dropping is allowed) or restarts it. A restarted learner server
+comes back with the weights of its model path, not the latest synced ones: the pool marks it stale
+(its records then carry the old weight version, which the sampler counts in the metrics) until the
+next weight sync reaches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from megatron_s2l.rollout.launcher import EngineConfig, EngineServer, RouterServer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, slots=True)
+class EnginePoolConfig:
+    """The servers of one pool."""
+
+    num_engines: int = 1
+    """How many servers (each of `engine.tp` devices) serve this model."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """How each server is started (ports are picked per server when `engine.port` is 0)."""
+    use_router: bool = False
+    """Also start an `sglang-router` in front of the servers (for external clients; the trainer's
+    client spreads requests itself so that it can re-send a dead server's requests)."""
+    on_failure: Literal["restart", "drop"] = "restart"
+    """`restart` a dead server, or `drop` it while other servers remain (restart the last one)."""
+
+    def __post_init__(self) -> None:
+        if self.num_engines < 1:
+            raise ValueError(f"num_engines must be >= 1, got {self.num_engines}")
+        if self.on_failure not in ("restart", "drop"):
+            raise ValueError(f"on_failure must be 'restart' or 'drop', got {self.on_failure!r}")
+        if self.num_engines > 1 and self.engine.port != 0:
+            raise ValueError("engine.port must be 0 (auto) when num_engines > 1")
+
+
+class EnginePool:
+    """Servers of one model, the requests in flight on each, and their weight versions."""
+
+    def __init__(
+        self, name: str, model_path: str | Path, config: EnginePoolConfig, log_dir: str | Path
+    ) -> None:
+        self.name, self.model_path, self.config = name, str(model_path), config
+        self.log_dir = Path(log_dir)
+        self.servers: list[EngineServer] = [
+            EngineServer(model_path, config.engine, self.log_dir / f"{name}{i}.log", name=f"{name}{i}")
+            for i in range(config.num_engines)
+        ]
+        self.router: RouterServer | None = None
+        self.in_flight: dict[str, int] = {}
+        self.weight_version: str = "default"
+        """The version every server should hold (set by the weight sync)."""
+        self.server_versions: dict[str, str] = {}
+        self.restarts = 0
+        self.drops = 0
+        self._generation: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def urls(self) -> list[str]:
+        return [server.url for server in self.servers]
+
+    def start(self) -> list[float]:
+        """Start every server (one after another: startup is CPU-bound); returns seconds per server."""
+        seconds = []
+        try:
+            for server in self.servers:
+                seconds.append(server.start())
+                self._register(server)
+            if self.config.use_router:
+                self.router = RouterServer(
+                    self.urls,
+                    self.log_dir / f"{self.name}-router.log",
+                    host=self.config.engine.host,
+                    api_key=self.config.engine.api_key,
+                    device=self.config.engine.resolved_device(),
+                )
+                self.router.start()
+        except BaseException:
+            self.stop()
+            raise
+        return seconds
+
+    def _register(self, server: EngineServer) -> None:
+        self.in_flight.setdefault(server.url, 0)
+        self._generation[server.url] = self._generation.get(server.url, -1) + 1
+        self.server_versions[server.url] = "default"
+
+    def stop(self) -> None:
+        if self.router is not None:
+            self.router.stop()
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> EnginePool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def pick(self) -> tuple[EngineServer, int]:
+        """The live server with the fewest requests in flight, and its generation (restart count)."""
+        if not self.servers:
+            raise RuntimeError(f"pool {self.name} has no servers left")
+        server = min(self.servers, key=lambda s: self.in_flight[s.url])
+        return server, self._generation[server.url]
+
+    def stale_servers(self) -> list[str]:
+        """URLs of servers whose weights are not the pool's current version."""
+        return [s.url for s in self.servers if self.server_versions.get(s.url) != self.weight_version]
+
+    async def handle_failure(self, server: EngineServer, generation: int, error: BaseException) -> None:
+        """After a failed request on `server` (as of `generation`): restart or drop it if it is down."""
+        lock = self._locks.setdefault(server.url, asyncio.Lock())
+        async with lock:
+            if server not in self.servers or self._generation[server.url] != generation:
+                return  # another request already handled this server's failure
+            if await asyncio.to_thread(server.is_healthy, 5.0):
+                return  # a transient error (e.g. a time-out under load): the caller retries
+            logger.warning("pool %s: server %s is down (%s)", self.name, server.url, error)
+            if self.config.on_failure == "drop" and len(self.servers) > 1:
+                await asyncio.to_thread(server.stop)
+                self.servers.remove(server)
+                self.drops += 1
+                return
+            await asyncio.to_thread(server.restart)
+            self._register(server)
+            self.restarts += 1

@@ -1,0 +1,65 @@
+"""Typed records that cross from the rollout engines to the trainer (STYLE.md 2.7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Source = Literal["explorer", "learner"]
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True, slots=True)
+class SampleRequest:
+    """One sample to generate: the `sample_index`-th response of prompt `prompt_id`."""
+
+    prompt_id: str
+    sample_index: int
+    input_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutRecord:
+    """One generated response and what the engine said about it."""
+
+    prompt_id: str
+    sample_index: int
+    """Index of this sample within its source's share of the group (0..G_w-1 or 0..G_s-1)."""
+    source: Source
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]
+    """The engine's log-prob of each response token (logged; the learner recomputes its own)."""
+    finish_reason: FinishReason
+    weight_version: str
+    """The engine's weight version when the response finished (`meta_info.weight_version`)."""
+
+
+@dataclass(slots=True)
+class RolloutGroup:
+    """All G samples of one prompt: the explorer's first, then the learner's."""
+
+    prompt_id: str
+    records: list[RolloutRecord]
+
+    def count(self, source: Source) -> int:
+        return sum(record.source == source for record in self.records)
+
+
+@dataclass(slots=True)
+class RolloutBatch:
+    """The sampler's answer for one step: complete groups and what it cost."""
+
+    step: int
+    g_explorer: int
+    g_learner: int
+    groups: list[RolloutGroup]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A prompt of the batch, already tokenized (chat template applied)."""
+
+    prompt_id: str
+    input_ids: list[int]

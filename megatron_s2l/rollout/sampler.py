@@ -1,0 +1,125 @@
+"""The S2L-PO group sampler: per prompt, G_w explorer and G_s learner samples, both pools at once.
+
+    sampler = S2LGroupSampler(explorer_client, learner_client, rollout_config, t_mix=T_MIX, group_size=G)
+    batch = sampler.sample(prompts, step)     # RolloutBatch of complete groups of G
+
+G_w and G_s come from `megatron_s2l.algo.s2l_split(step, t_mix, group_size)`. Explorer samples come
+from the explorer pool, or from a pre-filled `ExplorerCache` when one is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from megatron_s2l.algo.schedule import s2l_split
+from megatron_s2l.rollout.client import ClientConfig, RolloutClient
+from megatron_s2l.rollout.explorer_cache import ExplorerCache
+from megatron_s2l.rollout.pool import EnginePoolConfig
+from megatron_s2l.rollout.records import Prompt, RolloutBatch, RolloutGroup, RolloutRecord, SampleRequest
+from megatron_s2l.rollout.sampling_params import SamplingConfig, default_explorer_sampling
+
+
+@dataclass(kw_only=True, slots=True)
+class RolloutConfig:
+    """Explorer and learner engine pools, how each is sampled, and the client's limits."""
+
+    explorer: EnginePoolConfig = field(default_factory=EnginePoolConfig)
+    """The frozen explorer's servers (never receive weights)."""
+    learner: EnginePoolConfig = field(default_factory=EnginePoolConfig)
+    """The learner's servers (receive weights after every optimizer step)."""
+    explorer_sampling: SamplingConfig = field(default_factory=default_explorer_sampling)
+    """The authors sampled the explorer at temperature 0.7, top_p 0.95."""
+    learner_sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """On-policy GRPO samples the learner at temperature 1."""
+    client: ClientConfig = field(default_factory=ClientConfig)
+    """Batching, concurrency, time-outs and retries of requests to either pool."""
+    explorer_cache_path: str | None = None
+    """JSONL of pre-generated explorer samples (tools/fill_explorer_cache.py); None samples live."""
+    log_dir: str = "logs/rollout"
+    """Where each server's log file goes."""
+
+    def __post_init__(self) -> None:
+        if not self.log_dir:
+            raise ValueError("log_dir must not be empty")
+
+
+class S2LGroupSampler:
+    """Builds complete groups of G samples per prompt for one training step."""
+
+    def __init__(
+        self,
+        explorer: RolloutClient | None,
+        learner: RolloutClient,
+        config: RolloutConfig,
+        *,
+        t_mix: int,
+        group_size: int,
+        explorer_cache: ExplorerCache | None = None,
+    ) -> None:
+        if explorer is None and explorer_cache is None and t_mix > 0:
+            raise ValueError("t_mix > 0 needs an explorer pool or an explorer cache")
+        self.explorer, self.learner, self.config = explorer, learner, config
+        self.t_mix, self.group_size = t_mix, group_size
+        self.explorer_cache = explorer_cache
+
+    def sample(self, prompts: list[Prompt], step: int) -> RolloutBatch:
+        return asyncio.run(self.sample_async(prompts, step))
+
+    async def sample_async(self, prompts: list[Prompt], step: int) -> RolloutBatch:
+        g_explorer, g_learner = s2l_split(step, self.t_mix, self.group_size)
+        learner_stats_before = self.learner.stats.resent_batches
+        explorer_task = self._explorer_samples(prompts, g_explorer)
+        learner_task = self.learner.generate(_requests(prompts, g_learner), self.config.learner_sampling)
+        explorer_records, learner_records = await asyncio.gather(explorer_task, learner_task)
+        groups = _assemble_groups(prompts, explorer_records, learner_records, g_explorer, g_learner)
+        pool = self.learner.pool
+        stale = sum(record.weight_version != pool.weight_version for record in learner_records)
+        metrics = {
+            "rollout/explorer_samples": float(len(explorer_records)),
+            "rollout/learner_samples": float(len(learner_records)),
+            "rollout/stale_learner_samples": float(stale),
+            "rollout/learner_resent_batches": float(self.learner.stats.resent_batches - learner_stats_before),
+            "rollout/learner_server_restarts": float(pool.restarts),
+            "rollout/explorer_from_cache": float(self.explorer_cache is not None and g_explorer > 0),
+        }
+        return RolloutBatch(
+            step=step, g_explorer=g_explorer, g_learner=g_learner, groups=groups, metrics=metrics
+        )
+
+    async def _explorer_samples(self, prompts: list[Prompt], count: int) -> list[RolloutRecord]:
+        if count == 0:
+            return []
+        if self.explorer_cache is not None:
+            return [r for p in prompts for r in self.explorer_cache.draw(p.prompt_id, p.input_ids, count)]
+        assert self.explorer is not None
+        return await self.explorer.generate(_requests(prompts, count), self.config.explorer_sampling)
+
+
+def _requests(prompts: list[Prompt], count: int) -> list[SampleRequest]:
+    return [SampleRequest(p.prompt_id, index, p.input_ids) for p in prompts for index in range(count)]
+
+
+def _assemble_groups(
+    prompts: list[Prompt],
+    explorer_records: list[RolloutRecord],
+    learner_records: list[RolloutRecord],
+    g_explorer: int,
+    g_learner: int,
+) -> list[RolloutGroup]:
+    """Group by prompt and check every group is complete, each sample exactly once."""
+    by_prompt: dict[str, list[RolloutRecord]] = {p.prompt_id: [] for p in prompts}
+    if len(by_prompt) != len(prompts):
+        raise ValueError("prompt ids in one batch must be unique")
+    for record in [*explorer_records, *learner_records]:
+        by_prompt[record.prompt_id].append(record)
+    groups = []
+    for prompt_id, records in by_prompt.items():
+        for source, expected in (("explorer", g_explorer), ("learner", g_learner)):
+            indices = sorted(r.sample_index for r in records if r.source == source)
+            if indices != list(range(expected)):
+                raise RuntimeError(
+                    f"prompt {prompt_id!r}: {source} samples {indices}, expected 0..{expected - 1}"
+                )
+        groups.append(RolloutGroup(prompt_id, records))
+    return groups

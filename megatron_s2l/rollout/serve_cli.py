@@ -1,0 +1,74 @@
+"""`s2l serve`: start SGLang server(s) for one model, as the trainer would, and keep them up.
+
+    s2l serve --model HF_DIR [--port P] [--tp N] [--num-engines N --router] [--api-key KEY]
+
+On CPU the CPU flags, float32 and the stand-ins of megatron_s2l/rollout/cpu_shims are applied (see
+launcher.py). Prints each server's URL (and the router's) once healthy; Ctrl-C or SIGTERM stops them
+all by their own process groups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from megatron_s2l.rollout.launcher import EngineConfig
+from megatron_s2l.rollout.pool import EnginePool, EnginePoolConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    parser.add_argument("--port", type=int, default=0, help="HTTP port (0: pick a free one)")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size per server")
+    parser.add_argument("--num-engines", type=int, default=1, help="servers to start")
+    parser.add_argument("--router", action="store_true", help="also start sglang-router in front")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--dtype", default="auto", help="SGLang --dtype (auto: float32 on CPU)")
+    parser.add_argument("--api-key", default=None, help="SGLang --api-key")
+    parser.add_argument("--mem-fraction-static", type=float, default=None)
+    parser.add_argument("--max-total-tokens", type=int, default=None)
+    parser.add_argument("--context-length", type=int, default=None)
+    parser.add_argument("--log-dir", default="logs/serve", help="one log file per server")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more launch_server flags")
+
+
+def run(args: argparse.Namespace) -> int:
+    engine = EngineConfig(
+        host=args.host,
+        port=args.port,
+        tp=args.tp,
+        device=args.device,
+        dtype=args.dtype,
+        api_key=args.api_key,
+        mem_fraction_static=args.mem_fraction_static,
+        max_total_tokens=args.max_total_tokens,
+        context_length=args.context_length,
+        extra_args=list(args.extra),
+    )
+    pool = EnginePool(
+        "serve",
+        args.model,
+        EnginePoolConfig(num_engines=args.num_engines, engine=engine, use_router=args.router),
+        args.log_dir,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        seconds = pool.start()
+        for server, took in zip(pool.servers, seconds, strict=True):
+            log = server.process.log_path
+            print(f"{server.name}: {server.url} (pid {server.pid}, healthy after {took:.1f} s, log {log})")
+        if pool.router is not None:
+            print(f"router: {pool.router.url} (pid {pool.router.pid})")
+        print("serving; Ctrl-C stops", flush=True)
+        while not stop.wait(1.0):
+            dead = [s.name for s in pool.servers if not s.process.is_running()]
+            if dead:
+                print(f"server(s) exited: {dead}; see their logs")
+                return 1
+    finally:
+        pool.stop()
+    return 0

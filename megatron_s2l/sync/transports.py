@@ -1,0 +1,304 @@
+"""How one bucket of `(hf_name, tensor)` reaches the learner engines: disk, tensor or distributed.
+
+- `disk`: each sender writes its buckets as safetensors files into one directory per version; the
+  controller then asks every engine to `/update_weights_from_disk` from it. Needs a file system that
+  the engines see; slowest, but has no other conditions.
+- `tensor` (colocated engines only): the bucket is pickled with shared-memory storage
+  (`torch.multiprocessing`, strategy `file_system`: the default strategy crashes SGLang's scheduler,
+  DESIGN.md 3.2) and posted to `/update_weights_from_tensor`, one copy per engine TP rank.
+- `distributed` (the default for disaggregated engines): the sender of a pipeline stage joins a
+  process group with every engine rank (rank 0 = sender), declares the bucket's names, dtypes and
+  shapes with `/update_weights_from_distributed`, then broadcasts the tensors in that order. NCCL for
+  CUDA tensors, gloo for CPU ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import shutil
+import socket
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from megatron_s2l.sync.buckets import Bucket
+from megatron_s2l.sync.engine_http import EngineEndpoint, EngineRequestError
+
+
+class Transport(ABC):
+    """Moves buckets from one sender (the rank 0 of a pipeline stage) into the engines."""
+
+    name: str
+    needs_weight_update_window: bool = True
+    """Whether the engine must be inside `/begin_weight_update` ... `/end_weight_update`."""
+
+    @abstractmethod
+    def send(self, bucket: Bucket, endpoints: list[EngineEndpoint], version: str) -> None:
+        """Deliver `bucket` to every endpoint (blocking until each has loaded it)."""
+
+    def apply(self, endpoints: list[EngineEndpoint], version: str) -> None:  # noqa: B027 (optional hook)
+        """Controller only, after every sender's `send`: make the engines load what was sent."""
+
+    def reset(self) -> None:  # noqa: B027 (optional hook)
+        """Forget connection state (after a failure or a change of engines)."""
+
+    def close(self) -> None:
+        self.reset()
+
+
+def _run_threads(calls: list[Callable[[], Any]]) -> list[BaseException | None]:
+    """Run `calls` in threads and join them all; return each one's exception (or None)."""
+    errors: list[BaseException | None] = [None] * len(calls)
+
+    def run(index: int) -> None:
+        try:
+            calls[index]()
+        except BaseException as error:
+            errors[index] = error
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+class DiskTransport(Transport):
+    name = "disk"
+    needs_weight_update_window = False
+
+    def __init__(self, directory: str | Path, stage: int, timeout_s: float) -> None:
+        self.root, self.stage, self.timeout_s = Path(directory), stage, timeout_s
+
+    def version_dir(self, version: str) -> Path:
+        return self.root / f"weights-v{version}"
+
+    def send(self, bucket: Bucket, endpoints: list[EngineEndpoint], version: str) -> None:
+        from safetensors.torch import save_file
+
+        target = self.version_dir(version)
+        target.mkdir(parents=True, exist_ok=True)
+        path = target / f"stage{self.stage:02d}-bucket{bucket.index:05d}.safetensors"
+        tensors = {name: tensor.cpu() for name, tensor in bucket.named_tensors}
+        save_file(tensors, str(path.with_suffix(".tmp")))
+        os.replace(path.with_suffix(".tmp"), path)  # the engine never sees a half-written file
+
+    def apply(self, endpoints: list[EngineEndpoint], version: str) -> None:
+        payload = {
+            "model_path": str(self.version_dir(version)),
+            "load_format": "safetensors",
+            "flush_cache": True,
+            "weight_version": version,
+        }
+        errors = _run_threads(
+            [lambda e=e: e.post("/update_weights_from_disk", payload, self.timeout_s) for e in endpoints]
+        )
+        _raise_first(errors)
+        for old in self.root.glob("weights-v*"):
+            if old != self.version_dir(version):
+                shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _stdout_to_devnull():
+    """Point fds 1 and 2 at /dev/null for a moment (for a daemon that must not inherit them)."""
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in [*saved, devnull]:
+            os.close(fd)
+
+
+class TensorTransport(Transport):
+    name = "tensor"
+
+    def __init__(self, timeout_s: float) -> None:
+        import torch.multiprocessing as mp
+
+        self.timeout_s = timeout_s
+        mp.set_sharing_strategy("file_system")
+        # NOTE: the first shared tensor starts torch's `torch_shm_manager` daemon, which inherits
+        # stdout/stderr and would keep a CI pipe (or pytest's capture) open after we exit: start it
+        # here with both pointing at /dev/null.
+        with _stdout_to_devnull():
+            torch.zeros(1).share_memory_()
+
+    def send(self, bucket: Bucket, endpoints: list[EngineEndpoint], version: str) -> None:
+        from sglang.srt.utils import MultiprocessingSerializer
+
+        named_cpu = [(name, tensor.cpu()) for name, tensor in bucket.named_tensors]
+        serialized = MultiprocessingSerializer.serialize(named_cpu, output_str=True)
+        for endpoint in endpoints:
+            payload = {
+                "serialized_named_tensors": [serialized] * endpoint.tp,
+                "flush_cache": False,
+                "weight_version": version,
+            }
+            endpoint.post("/update_weights_from_tensor", payload, self.timeout_s)
+        del named_cpu  # the engines have copied the shared storage by now
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class DistributedTransport(Transport):
+    name = "distributed"
+
+    def __init__(self, *, stage: int, master_address: str, backend: str, timeout_s: float) -> None:
+        self.stage, self.master_address, self.backend, self.timeout_s = (
+            stage,
+            master_address,
+            backend,
+            timeout_s,
+        )
+        self._group: dist.ProcessGroup | None = None
+        self._group_name = ""
+        self._members: tuple[str, ...] = ()
+        self._endpoints: list[EngineEndpoint] = []
+
+    def _backend_for(self, tensor: torch.Tensor) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "nccl" if tensor.is_cuda else "gloo"
+
+    def _ensure_group(self, endpoints: list[EngineEndpoint], backend: str) -> None:
+        members = tuple(e.url for e in endpoints)
+        if self._group is not None and members == self._members:
+            return
+        self.reset()
+        from sglang.srt.utils import init_custom_process_group
+
+        # Unique per process and try: torch keeps the names of groups abandoned after a failure.
+        group_name = f"s2l_weights_stage{self.stage}_{uuid.uuid4().hex[:12]}"
+        port = _free_port(self.master_address)
+        world_size = 1 + sum(e.tp for e in endpoints)
+        offsets = [1 + sum(e.tp for e in endpoints[:i]) for i in range(len(endpoints))]
+        group: list[dist.ProcessGroup] = []
+
+        def join_as_sender() -> None:
+            group.append(
+                init_custom_process_group(
+                    backend=backend,
+                    init_method=f"tcp://{self.master_address}:{port}",
+                    timeout=datetime.timedelta(seconds=self.timeout_s),
+                    world_size=world_size,
+                    rank=0,
+                    group_name=group_name,
+                )
+            )
+
+        def init_engine(endpoint: EngineEndpoint, offset: int) -> None:
+            payload = {
+                "master_address": self.master_address,
+                "master_port": port,
+                "rank_offset": offset,
+                "world_size": world_size,
+                "group_name": group_name,
+                "backend": backend,
+            }
+            endpoint.post("/init_weights_update_group", payload, self.timeout_s)
+
+        calls: list[Callable[[], Any]] = [join_as_sender]
+        calls += [lambda e=e, o=o: init_engine(e, o) for e, o in zip(endpoints, offsets, strict=True)]
+        _raise_first(_run_threads(calls))
+        self._group, self._group_name, self._members, self._endpoints = (
+            group[0],
+            group_name,
+            members,
+            endpoints,
+        )
+
+    def send(self, bucket: Bucket, endpoints: list[EngineEndpoint], version: str) -> None:
+        tensors = [tensor for _, tensor in bucket.named_tensors]
+        self._ensure_group(endpoints, self._backend_for(tensors[0]))
+        payload = {
+            "names": bucket.names,
+            "dtypes": [str(t.dtype).removeprefix("torch.") for t in tensors],
+            "shapes": [list(t.shape) for t in tensors],
+            "group_name": self._group_name,
+            "flush_cache": False,
+            "weight_version": version,
+        }
+        results: list[BaseException | None] = [None] * len(endpoints)
+        finished = threading.Event()
+
+        def declare_all() -> None:
+            errors = _run_threads(
+                [
+                    lambda e=e: e.post("/update_weights_from_distributed", payload, self.timeout_s)
+                    for e in endpoints
+                ]
+            )
+            results[:] = errors
+            finished.set()
+
+        declarer = threading.Thread(target=declare_all, daemon=True)
+        declarer.start()
+        works = [dist.broadcast(t, src=0, group=self._group, async_op=True) for t in tensors]
+        try:
+            for work in works:
+                # Poll so that an engine that rejects the declaration ends the wait at once instead of
+                # leaving this rank blocked in the broadcast until the group time-out.
+                while not work.is_completed():
+                    if finished.is_set() and any(results):
+                        raise _first(results)
+                    finished.wait(0.01)
+                work.wait()
+            declarer.join(self.timeout_s)
+            if declarer.is_alive():
+                raise EngineRequestError(
+                    f"engines did not confirm bucket {bucket.index} within {self.timeout_s} s"
+                )
+            _raise_first(results)
+        except BaseException:
+            self._abandon_group()
+            raise
+
+    def _abandon_group(self) -> None:
+        """After a failed bucket: tell the engines to drop the group, and drop ours without waiting.
+
+        Destroying a gloo group with a broadcast still pending blocks until the group time-out; the
+        pending work instead ends on its own at that time-out, in gloo's thread, and the next bucket
+        builds a fresh group.
+        """
+        for endpoint in self._endpoints:
+            with contextlib.suppress(EngineRequestError):
+                endpoint.post("/destroy_weights_update_group", {"group_name": self._group_name}, 10.0)
+        self._group, self._group_name, self._members, self._endpoints = None, "", (), []
+
+    def reset(self) -> None:
+        if self._group is None:
+            return
+        for endpoint in self._endpoints:
+            with contextlib.suppress(EngineRequestError):
+                endpoint.post("/destroy_weights_update_group", {"group_name": self._group_name}, 10.0)
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group(self._group)
+        self._group, self._group_name, self._members, self._endpoints = None, "", (), []
+
+
+def _first(errors: list[BaseException | None]) -> BaseException:
+    return next(error for error in errors if error is not None)
+
+
+def _raise_first(errors: list[BaseException | None]) -> None:
+    if any(errors):
+        raise _first(errors)

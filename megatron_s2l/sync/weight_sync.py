@@ -1,0 +1,254 @@
+"""Per-step weight sync from the learner into the learner engines (never the explorer).
+
+    sync = WeightSync(config.sync, endpoints=pool_endpoints(learner_pool), pool=learner_pool)  # driver
+    result = sync.update(iter_hf_weights(...), version=step)     # on every learner rank, after step
+
+`update` is collective over the learner's ranks when torch.distributed is initialised: every rank
+drives the (collective) export iterator; only the rank 0 of each pipeline stage (`is_sender`) sends
+its stage's tensors, and only the driver (`is_controller`, global rank 0, which also owns the pool)
+talks to the engines about the update as a whole, in this order:
+
+    pause generation (retract: in-flight requests resume later, on the new weights) -> flush cache
+    -> [begin_weight_update] -> senders send their buckets -> [apply, end_weight_update]
+    -> continue generation
+
+Ranks with nothing to send wait on barriers. A bucket that fails is retried (after dropping engines
+that no longer answer /health from this update); an update that still fails raises WeightSyncError.
+The pool's expected version moves to the new one before anything is sent, so samples from an engine
+that missed the update are counted as stale by the sampler.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+
+from megatron_s2l.rollout.launcher import http_get_ok
+from megatron_s2l.rollout.pool import EnginePool
+from megatron_s2l.sync.buckets import Bucket, iter_buckets
+from megatron_s2l.sync.engine_http import EngineEndpoint, EngineRequestError
+from megatron_s2l.sync.manifest import WeightManifestError, check_against_manifest, read_weight_manifest
+from megatron_s2l.sync.transports import DiskTransport, DistributedTransport, TensorTransport, Transport
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, slots=True)
+class SyncConfig:
+    """How learner weights reach the learner engines after each optimizer step."""
+
+    transport: Literal["disk", "tensor", "distributed"] = "distributed"
+    """`distributed` (broadcast; disaggregated engines), `tensor` (colocated), `disk` (safetensors)."""
+    bucket_mb: int = 512
+    """Bucket size in MiB: the most a transport holds or sends at once (one tensor may exceed it)."""
+    timeout_s: float = 120.0
+    """Time-out of each engine request and of the broadcast group (short, so a mismatch fails fast)."""
+    max_retries: int = 2
+    """Re-sends of a failed bucket before the update fails."""
+    pause_mode: Literal["retract", "abort", "in_place"] = "retract"
+    """`/pause_generation` mode: `retract` resumes in-flight requests on the new weights after the
+    update (their KV cache is recomputed); `abort` ends them (the client re-sends them); `in_place`
+    keeps them and their old-weight KV cache (no flush: faster, slightly off-policy)."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Broadcast backend of the distributed transport; auto: nccl for CUDA tensors, gloo on CPU."""
+    master_address: str = "127.0.0.1"
+    """Address of the sending rank that the engines connect to (distributed transport)."""
+    disk_dir: str = "checkpoints/weight_sync"
+    """Directory of the disk transport (visible to the engines); only the latest version is kept."""
+
+    def __post_init__(self) -> None:
+        if self.bucket_mb < 1:
+            raise ValueError(f"bucket_mb must be >= 1, got {self.bucket_mb}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if not self.master_address:
+            raise ValueError("master_address must not be empty")
+
+
+class WeightSyncError(RuntimeError):
+    """The engines could not be brought to the new weights."""
+
+
+@dataclass(slots=True)
+class SyncResult:
+    version: str
+    seconds: float
+    bytes_sent: int
+    buckets: int
+    retries: int = 0
+    updated: list[str] = field(default_factory=list)
+    """Engine URLs that hold the new weights (on the controller; the senders' own view elsewhere)."""
+    missed: list[str] = field(default_factory=list)
+    """Engine URLs dropped from this update because they stopped answering (stale until next one)."""
+
+    @property
+    def gb_per_s(self) -> float:
+        return self.bytes_sent / max(self.seconds, 1e-9) / 1e9
+
+
+def pool_endpoints(pool: EnginePool) -> list[EngineEndpoint]:
+    """The endpoints of a pool's servers (the learner pool's; never pass the explorer's)."""
+    return [EngineEndpoint(s.url, s.config.tp, s.config.api_key) for s in pool.servers]
+
+
+def build_transport(config: SyncConfig, stage: int) -> Transport:
+    if config.transport == "disk":
+        return DiskTransport(config.disk_dir, stage, config.timeout_s)
+    if config.transport == "tensor":
+        return TensorTransport(config.timeout_s)
+    return DistributedTransport(
+        stage=stage, master_address=config.master_address, backend=config.backend, timeout_s=config.timeout_s
+    )
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class WeightSync:
+    """Sends each new version of the learner's weights to the learner engines."""
+
+    def __init__(
+        self,
+        config: SyncConfig,
+        *,
+        endpoints: list[EngineEndpoint],
+        pool: EnginePool | None = None,
+        is_sender: bool = True,
+        is_controller: bool = True,
+        stage: int = 0,
+        num_stages: int = 1,
+        manifest: dict[str, tuple[int, ...]] | None = None,
+    ) -> None:
+        if is_controller and not endpoints:
+            raise ValueError("the controller needs the learner engines' endpoints")
+        self.config, self.endpoints, self.pool = config, list(endpoints), pool
+        self.is_sender, self.is_controller = is_sender, is_controller
+        self.num_stages = num_stages
+        if manifest is None and pool is not None:
+            manifest = read_weight_manifest(pool.model_path)
+        self.manifest = manifest
+        """{hf_name: shape} the engines serve; every tensor sent is checked against it (None: no check)."""
+        self.transport = build_transport(config, stage) if is_sender or is_controller else None
+
+    def update(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str | int) -> SyncResult:
+        """Send one version of the weights; every learner rank calls this (see the module doc)."""
+        version = str(version)
+        started = time.perf_counter()
+        result = SyncResult(version=version, seconds=0.0, bytes_sent=0, buckets=0)
+        if self.pool is not None:
+            self.endpoints = pool_endpoints(self.pool)  # the pool may have dropped a server
+            self.pool.weight_version = version  # from now on, older samples count as stale
+        endpoints = list(self.endpoints)
+        if self.is_controller:
+            self._prepare_engines(endpoints)
+        try:
+            _barrier()
+            if self.is_sender:
+                sent: set[str] = set()
+                for bucket in iter_buckets(self._checked(named_tensors, sent), self.config.bucket_mb * 2**20):
+                    self._send_with_retries(bucket, endpoints, version, result)
+                self._check_complete(sent)
+            else:
+                for _ in named_tensors:  # the export is collective: every rank must drive it
+                    pass
+            _barrier()
+            if self.is_controller and self.transport is not None:
+                self._with_retries(lambda: self.transport.apply(endpoints, version), endpoints, result)
+        finally:
+            if self.is_controller:
+                self._release_engines(endpoints)
+        result.updated = [e.url for e in endpoints]
+        result.missed = [e.url for e in self.endpoints if e not in endpoints]
+        if self.pool is not None:
+            for url in result.updated:
+                self.pool.server_versions[url] = version
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _checked(
+        self, named_tensors: Iterable[tuple[str, torch.Tensor]], sent: set[str]
+    ) -> Iterable[tuple[str, torch.Tensor]]:
+        for name, tensor in named_tensors:
+            if self.manifest is not None:
+                try:
+                    check_against_manifest(name, tuple(tensor.shape), self.manifest)
+                except WeightManifestError as error:
+                    raise WeightSyncError(f"{error}; nothing more is sent in this update") from error
+            if name in sent:
+                raise WeightSyncError(f"weight {name!r} appears twice in the learner's export")
+            sent.add(name)
+            yield name, tensor
+
+    def _check_complete(self, sent: set[str]) -> None:
+        """With one pipeline stage this sender had every weight: none of the engine's may be missing."""
+        if self.manifest is None or self.num_stages != 1:
+            return
+        missing = sorted(set(self.manifest) - sent)
+        if missing:
+            raise WeightSyncError(
+                f"the learner's export lacks {len(missing)} engine weights, e.g. {missing[:3]}"
+            )
+
+    def _prepare_engines(self, endpoints: list[EngineEndpoint]) -> None:
+        timeout = self.config.timeout_s
+        for endpoint in endpoints:
+            endpoint.post("/pause_generation", {"mode": self.config.pause_mode}, timeout)
+            if self.config.pause_mode != "in_place":  # in-place keeps running requests' KV cache
+                endpoint.flush_cache(timeout)
+            if self.transport is None or self.transport.needs_weight_update_window:
+                endpoint.post("/begin_weight_update", {}, timeout)
+
+    def _release_engines(self, endpoints: list[EngineEndpoint]) -> None:
+        for endpoint in endpoints:
+            try:
+                if self.transport is None or self.transport.needs_weight_update_window:
+                    endpoint.post("/end_weight_update", {}, self.config.timeout_s)
+                endpoint.post("/continue_generation", {}, self.config.timeout_s)
+            except EngineRequestError as error:
+                logger.error("could not resume %s after the weight update: %s", endpoint.url, error)
+
+    def _send_with_retries(
+        self, bucket: Bucket, endpoints: list[EngineEndpoint], version: str, result: SyncResult
+    ) -> None:
+        assert self.transport is not None
+        self._with_retries(lambda: self.transport.send(bucket, endpoints, version), endpoints, result)
+        result.bytes_sent += bucket.nbytes
+        result.buckets += 1
+
+    def _with_retries(self, action, endpoints: list[EngineEndpoint], result: SyncResult) -> None:
+        """Run `action`; on failure drop dead engines from `endpoints` (in place) and try again."""
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                action()
+                return
+            except (EngineRequestError, RuntimeError) as error:
+                if attempt == self.config.max_retries:
+                    raise WeightSyncError(
+                        f"{self.config.transport} weight sync failed after {attempt + 1} tries: {error}"
+                    ) from error
+                result.retries += 1
+                dead = [e for e in endpoints if not http_get_ok(e.url + "/health", e.api_key, 5.0)]
+                logger.warning(
+                    "weight sync try %d failed (%s); dropping dead engines %s",
+                    attempt + 1,
+                    error,
+                    [e.url for e in dead],
+                )
+                for endpoint in dead:
+                    endpoints.remove(endpoint)
+                if not endpoints:
+                    raise WeightSyncError(f"no learner engine left to update: {error}") from error
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,94 @@
+"""One S2L-PO run, step by step (DESIGN.md 1-2): generate -> reward -> advantages -> old log-probs
+-> train -> sync weights -> log / evaluate / checkpoint.
+
+    s2l train --config yaml/demo-cpu.yaml [key.sub=value ...]
+    s2l train --resume runs/demo-cpu
+
+Every learner rank runs `train`; global rank 0 is also the driver (SGLang engines, data, rewards,
+logs). The driver broadcasts each step's TrainBatch, so the learner code is SPMD.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch.distributed as dist
+
+from megatron_s2l.config import S2LConfig
+from megatron_s2l.experience import engine_logprob_gaps
+from megatron_s2l.learner.learner import Learner
+from megatron_s2l.run_state import latest_checkpoint, load_run_checkpoint, save_run_checkpoint
+from megatron_s2l.sync.weight_sync import WeightSync, pool_endpoints
+
+_TRAIN_METRIC_NAMES = {"loss": "loss/total", "pg_loss": "loss/pg", "kl": "loss/kl", "entropy": "loss/entropy"}
+
+
+def _broadcast(obj):
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def train(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
+    learner = Learner.from_hf(cfg.learner, cfg.model.learner, loss=cfg.algo.loss,
+                              temperature=cfg.rollout.learner_sampling.temperature)  # fmt: skip
+    is_driver = dist.get_rank() == 0
+    driver = None
+    if is_driver:
+        from megatron_s2l.driver import Driver
+
+        driver = Driver(cfg, run_dir)
+    try:
+        layout = learner.layout
+        sync = WeightSync(
+            cfg.sync,
+            endpoints=_broadcast(pool_endpoints(driver.engines.learner) if driver else None),
+            pool=driver.engines.learner if driver else None,
+            is_sender=layout.tp_rank == 0 and layout.dp_rank == 0,
+            is_controller=is_driver,
+            stage=layout.pp_rank,
+        )
+        start = 1
+        checkpoint = latest_checkpoint(run_dir) if resume else None
+        if checkpoint is not None:
+            loop = load_run_checkpoint(checkpoint, learner)
+            start = loop["step"] + 1
+            if driver:
+                driver.load_state_dict(loop["driver"])
+            sync.update(learner.iter_hf_weights(), version=loop["step"])  # engines start from the base model
+        if start == 1 and cfg.eval.every_steps and driver:  # the starting point of the eval curve
+            driver.logger.log(0, driver.evaluate())
+        for step in range(start, cfg.schedule.steps + 1):
+            step_started = time.perf_counter()
+            experience, metrics = driver.collect(step) if driver else (None, {})
+            batch = _broadcast(experience.batch if driver else None)
+
+            started = time.perf_counter()
+            batch.old_logprobs = learner.compute_logprobs(batch)  # explorer samples too: ratio starts at 1
+            metrics["time/logprobs"] = time.perf_counter() - started
+
+            started = time.perf_counter()
+            train_metrics = learner.train_step(batch)
+            metrics["time/train"] = time.perf_counter() - started
+
+            result = sync.update(learner.iter_hf_weights(), version=step)
+            metrics.update({"time/sync": result.seconds, "sync/gb_per_s": result.gb_per_s,
+                            "sync/missed_engines": len(result.missed), "weight_version": step})  # fmt: skip
+
+            last = step == cfg.schedule.steps
+            if cfg.eval.every_steps and (last or step % cfg.eval.every_steps == 0):
+                metrics.update(driver.evaluate() if driver else {})
+            if last or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
+                loop_state = {"driver": driver.state_dict()} if driver else None
+                save_run_checkpoint(run_dir, step, learner, loop_state, cfg.checkpoint.keep_last)
+            if driver:
+                metrics.update(
+                    {_TRAIN_METRIC_NAMES.get(k, f"train/{k}"): v for k, v in train_metrics.items()}
+                )
+                metrics.update(engine_logprob_gaps(experience, batch.old_logprobs))
+                metrics["time/step"] = time.perf_counter() - step_started
+                driver.logger.log(step, metrics)
+    finally:
+        if driver:
+            driver.close()

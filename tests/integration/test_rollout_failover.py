@@ -1,0 +1,62 @@
+"""A learner server killed in the middle of a batch: the batch still comes back complete and correct."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import signal
+import threading
+import time
+
+import pytest
+from rollout_reference import LOGPROB_ATOL, hf_greedy, hf_token_logprobs
+
+from megatron_s2l.rollout.engines import RolloutEngines
+from megatron_s2l.rollout.records import Prompt
+from megatron_s2l.rollout.sampler import S2LGroupSampler
+from megatron_s2l.rollout.sampling_params import SamplingConfig
+
+pytestmark = pytest.mark.slow
+
+NEW_TOKENS = 48
+
+
+def test_killed_learner_server_mid_batch_yields_complete_correct_batch(
+    rollout_engines: RolloutEngines, tiny_models
+) -> None:
+    pool = rollout_engines.learner
+    assert pool.weight_version == "default", "runs before any weight sync (greedy reference = learner model)"
+    # Greedy learner samples have one right answer each, computed independently below.
+    config = dataclasses.replace(
+        rollout_engines.config, learner_sampling=SamplingConfig(temperature=0.0, max_new_tokens=NEW_TOKENS)
+    )
+    live = rollout_engines.build_sampler(t_mix=2, group_size=3)
+    sampler = S2LGroupSampler(live.explorer, live.learner, config, t_mix=2, group_size=3)
+    rng = random.Random()
+    prompts = [Prompt(f"k{i}", [rng.randrange(3, 400) for _ in range(5)]) for i in range(8)]
+    server = pool.servers[0]
+    old_pid, restarts_before = server.pid, pool.restarts
+
+    def kill_when_busy() -> None:
+        deadline = time.monotonic() + 60
+        while pool.in_flight[server.url] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # some requests are being decoded now
+        server.process.kill(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    batch = sampler.sample(prompts, step=3)  # after T_mix: all G = 3 from the learner
+    killer.join()
+
+    assert pool.restarts == restarts_before + 1 and server.pid != old_pid and server.is_healthy()
+    assert batch.metrics["rollout/learner_resent_batches"] >= 1
+    assert batch.metrics["rollout/learner_samples"] == 3 * len(prompts)
+    for prompt, group in zip(prompts, batch.groups, strict=True):
+        assert sorted(r.sample_index for r in group.records) == [0, 1, 2]
+        expected = hf_greedy(tiny_models["learner"], prompt.input_ids, NEW_TOKENS)
+        for record in group.records:
+            # EOS may stop a greedy sample early; what was generated must be the greedy prefix.
+            assert record.response_ids == expected[: len(record.response_ids)]
+            reference = hf_token_logprobs(tiny_models["learner"], prompt.input_ids, record.response_ids)
+            assert record.logprobs == pytest.approx(reference, abs=LOGPROB_ATOL)

@@ -1,0 +1,79 @@
+"""S2L group sampler on real CPU SGLang servers: exact G_w/G_s per prompt, each sample from its pool."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+from rollout_reference import LOGPROB_ATOL, hf_token_logprobs
+
+from megatron_s2l.algo.schedule import s2l_split
+from megatron_s2l.rollout.engines import RolloutEngines
+from megatron_s2l.rollout.records import Prompt
+from megatron_s2l.rollout.sampler import S2LGroupSampler
+from megatron_s2l.rollout.sampling_params import SamplingConfig
+from megatron_s2l.rollout.tokenizer_check import TokenizerMismatchError
+
+pytestmark = pytest.mark.slow
+
+T_MIX, GROUP_SIZE = 4, 5
+
+
+def _prompts(count: int, seed: int) -> list[Prompt]:
+    rng = random.Random(seed)
+    return [Prompt(f"p{i}", [rng.randrange(3, 400) for _ in range(rng.randint(3, 9))]) for i in range(count)]
+
+
+def test_sampler_returns_exact_split_at_each_step(rollout_engines: RolloutEngines) -> None:
+    sampler = rollout_engines.build_sampler(t_mix=T_MIX, group_size=GROUP_SIZE)
+    prompts = _prompts(3, seed=random.randrange(10**6))
+    for step in (1, 2, 3, T_MIX, T_MIX + 2):
+        g_explorer, g_learner = s2l_split(step, T_MIX, GROUP_SIZE)
+        batch = sampler.sample(prompts, step)
+        assert (batch.g_explorer, batch.g_learner) == (g_explorer, g_learner)
+        assert [group.prompt_id for group in batch.groups] == [p.prompt_id for p in prompts]
+        for prompt, group in zip(prompts, batch.groups, strict=True):
+            assert len(group.records) == GROUP_SIZE
+            for source, count in (("explorer", g_explorer), ("learner", g_learner)):
+                indices = sorted(r.sample_index for r in group.records if r.source == source)
+                assert indices == list(range(count)), (step, source)
+            for record in group.records:
+                assert record.prompt_ids == prompt.input_ids
+                assert record.finish_reason in ("stop", "length")
+                assert 1 <= len(record.response_ids) <= 8
+                assert len(record.logprobs) == len(record.response_ids)
+        assert batch.metrics["rollout/explorer_samples"] == g_explorer * len(prompts)
+        assert batch.metrics["rollout/learner_samples"] == g_learner * len(prompts)
+        assert batch.metrics["rollout/stale_learner_samples"] == 0
+
+
+def test_each_sample_comes_from_its_own_model(rollout_engines: RolloutEngines, tiny_models) -> None:
+    """An engine's log-probs (temperature 1, no truncation) equal its own model's, not the other's."""
+    config = dataclasses.replace(
+        rollout_engines.config,
+        explorer_sampling=SamplingConfig(temperature=1.0, max_new_tokens=6),
+        learner_sampling=SamplingConfig(temperature=1.0, max_new_tokens=6),
+    )
+    live = rollout_engines.build_sampler(t_mix=3, group_size=4)
+    sampler = S2LGroupSampler(live.explorer, live.learner, config, t_mix=3, group_size=4)
+    batch = sampler.sample(_prompts(2, seed=random.randrange(10**6)), step=2)  # G_w = 2, G_s = 2
+    for group in batch.groups:
+        for record in group.records:
+            own = tiny_models[record.source]
+            other = tiny_models["learner" if record.source == "explorer" else "explorer"]
+            expected = hf_token_logprobs(own, record.prompt_ids, record.response_ids)
+            assert record.logprobs == pytest.approx(expected, abs=LOGPROB_ATOL), record.source
+            wrong = hf_token_logprobs(other, record.prompt_ids, record.response_ids)
+            assert max(abs(a - b) for a, b in zip(record.logprobs, wrong, strict=True)) > 1e-2
+
+
+def test_mismatched_tokenizers_fail_before_any_server_starts(rollout_engines, tiny_models, tmp_path) -> None:
+    engines = RolloutEngines(
+        dataclasses.replace(rollout_engines.config, log_dir=str(tmp_path)),
+        explorer_model=tiny_models["mismatched"],
+        learner_model=tiny_models["learner"],
+    )
+    with pytest.raises(TokenizerMismatchError, match="tokenizers differ in their vocabulary"):
+        engines.start()
+    assert all(server.pid is None for server in [*engines.explorer.servers, *engines.learner.servers])

@@ -1,0 +1,106 @@
+"""Engine launcher: command line, child environment and config validation (no server started)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+from megatron_s2l.rollout.launcher import (
+    CPU_SHIMS_DIR,
+    EngineConfig,
+    ManagedProcess,
+    build_server_command,
+    build_server_env,
+)
+from megatron_s2l.rollout.pool import EnginePoolConfig
+
+
+def _flag(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+def test_cpu_command_has_the_cpu_flags_float32_and_loopback() -> None:
+    cmd = build_server_command(
+        "/models/x", EngineConfig(device="cpu", api_key="k3y", context_length=512), 1234
+    )
+    assert cmd[1:3] == ["-m", "sglang.launch_server"]
+    assert _flag(cmd, "--device") == "cpu" and _flag(cmd, "--attention-backend") == "torch_native"
+    assert _flag(cmd, "--sampling-backend") == "pytorch" and "--disable-cuda-graph" in cmd
+    assert _flag(cmd, "--dtype") == "float32"  # a half dtype would shift log-probs by ~4e-3
+    assert _flag(cmd, "--host") == "127.0.0.1" and _flag(cmd, "--port") == "1234"
+    assert _flag(cmd, "--api-key") == "k3y" and _flag(cmd, "--context-length") == "512"
+    assert "--sleep-on-idle" in cmd and _flag(cmd, "--mem-fraction-static") == "0.05"
+
+
+def test_gpu_command_has_no_cpu_flags_and_keeps_dtype() -> None:
+    cmd = build_server_command(
+        "/m", EngineConfig(device="cuda", dtype="bfloat16", tp=2, extra_args=["--x"]), 1
+    )
+    assert "--device" not in cmd and "--disable-cuda-graph" not in cmd and "--mem-fraction-static" not in cmd
+    assert _flag(cmd, "--dtype") == "bfloat16" and _flag(cmd, "--tp-size") == "2" and cmd[-1] == "--x"
+
+
+def test_cpu_stand_ins_only_on_the_cpu_server_path(monkeypatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", "/already/there")
+    cpu_env = build_server_env("cpu", ["/extra"])
+    paths = cpu_env["PYTHONPATH"].split(os.pathsep)
+    assert paths[0] == str(CPU_SHIMS_DIR) and "/extra" in paths and paths[-1] == "/already/there"
+    assert cpu_env["SGLANG_USE_CPU_ENGINE"] == "1"
+    gpu_env = build_server_env("cuda")
+    assert str(CPU_SHIMS_DIR) not in gpu_env["PYTHONPATH"] and "SGLANG_USE_CPU_ENGINE" not in gpu_env
+    assert str(CPU_SHIMS_DIR) not in os.environ.get("PYTHONPATH", "")  # this process is untouched
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"port": 70000}, "port"),
+        ({"tp": 0}, "tp"),
+        ({"mem_fraction_static": 1.5}, "mem_fraction_static"),
+        ({"max_total_tokens": 0}, "max_total_tokens"),
+        ({"startup_timeout_s": 0}, "startup_timeout_s"),
+    ],
+)
+def test_engine_config_names_the_bad_field(kwargs, field) -> None:
+    with pytest.raises(ValueError, match=field):
+        EngineConfig(**kwargs)
+
+
+def test_pool_config_rejects_fixed_port_for_several_engines() -> None:
+    with pytest.raises(ValueError, match=r"engine\.port"):
+        EnginePoolConfig(num_engines=2, engine=EngineConfig(port=30000))
+    with pytest.raises(ValueError, match="on_failure"):
+        EnginePoolConfig(on_failure="ignore")
+
+
+def test_stop_ends_the_whole_process_group(tmp_path) -> None:
+    """A child's own children (SGLang's scheduler, detokenizer) go too, by the group's id."""
+    script = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    )
+    process = ManagedProcess("sleeper", [sys.executable, "-c", script], dict(os.environ), tmp_path / "log")
+    process.spawn()
+    time.sleep(1.0)
+    group = process.pid
+    process.stop(timeout_s=5.0)
+    assert not process.is_running()
+    assert _live_members(group) == []
+
+
+def _live_members(group: int) -> list[int]:
+    """PIDs in process group `group` that are not zombies (a zombie waits for init to reap it)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat_file:
+                    stat = stat_file.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[2]) == group and stat[0] != "Z":
+                members.append(int(entry))
+    return members

@@ -1,0 +1,77 @@
+"""Pre-generate the frozen explorer's samples for every prompt of a data file (the explorer cache).
+
+    .venv/bin/python tools/fill_explorer_cache.py --explorer HF_DIR --prompts data.parquet \
+        --out explorer_cache.jsonl [--samples-per-prompt 32] [--template chat|raw] \
+        [--temperature 0.7 --top-p 0.95 --max-new-tokens 1024] [--num-engines 1]
+
+Prompt ids are the rows' dataset indices (`PromptRecord.index`, as `str`), which is how the sampler
+looks samples up; the cache is appended to, so a killed fill can be continued with the remaining
+prompts (`--skip-existing`). Whether drawing from the cache equals live sampling: see
+megatron_s2l/rollout/explorer_cache.py and docs/rollout.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from megatron_s2l.data.records import read_prompt_file
+from megatron_s2l.data.templates import encode_prompts
+from megatron_s2l.rollout.client import ClientConfig, RolloutClient
+from megatron_s2l.rollout.explorer_cache import ExplorerCache, write_explorer_cache
+from megatron_s2l.rollout.launcher import EngineConfig
+from megatron_s2l.rollout.pool import EnginePool, EnginePoolConfig
+from megatron_s2l.rollout.records import SampleRequest
+from megatron_s2l.rollout.sampling_params import SamplingConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--explorer", required=True, help="explorer HF checkpoint directory")
+    parser.add_argument("--prompts", required=True, help="verl-format parquet or JSONL prompt file")
+    parser.add_argument("--out", type=Path, required=True, help="JSONL cache to append to")
+    parser.add_argument("--samples-per-prompt", type=int, default=32)
+    parser.add_argument("--template", choices=["chat", "raw"], default="chat")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--num-engines", type=int, default=1)
+    parser.add_argument(
+        "--prompts-per-round", type=int, default=64, help="prompts generated (and saved) at once"
+    )
+    parser.add_argument("--skip-existing", action="store_true", help="skip prompts already in --out")
+    parser.add_argument("--log-dir", default="logs/fill_explorer_cache")
+    args = parser.parse_args()
+
+    tokenizer = AutoTokenizer.from_pretrained(args.explorer)
+    records = list(read_prompt_file(args.prompts))
+    done = ExplorerCache(args.out) if args.skip_existing and args.out.exists() else None
+    records = [r for r in records if done is None or done.remaining(str(r.index)) == 0]
+    sampling = SamplingConfig(
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens
+    )
+    pool = EnginePool(
+        "explorer",
+        args.explorer,
+        EnginePoolConfig(num_engines=args.num_engines, engine=EngineConfig()),
+        args.log_dir,
+    )
+    with pool:
+        client = RolloutClient(pool, "explorer", ClientConfig(max_concurrency=8 * args.num_engines))
+        for start in range(0, len(records), args.prompts_per_round):
+            chunk = records[start : start + args.prompts_per_round]
+            input_ids = encode_prompts([r.messages for r in chunk], tokenizer, args.template)
+            requests = [
+                SampleRequest(str(r.index), i, ids)
+                for r, ids in zip(chunk, input_ids, strict=True)
+                for i in range(args.samples_per_prompt)
+            ]
+            write_explorer_cache(args.out, asyncio.run(client.generate(requests, sampling)))
+            print(f"{start + len(chunk)}/{len(records)} prompts cached", flush=True)
+
+
+if __name__ == "__main__":
+    main()
