@@ -21,7 +21,7 @@ from megatron_s2l.metrics import RunLogger
 from megatron_s2l.reward import RewardScorer
 from megatron_s2l.rollout.client import RolloutClient
 from megatron_s2l.rollout.engines import RolloutEngines
-from megatron_s2l.rollout.records import Prompt, SampleRequest
+from megatron_s2l.rollout.records import Prompt, SampleRequest, sample_seed
 
 
 class DynamicSamplingError(RuntimeError):
@@ -48,7 +48,7 @@ class Driver:
         self.engines = RolloutEngines(cfg.rollout, explorer_model=explorer, learner_model=cfg.model.learner)
         self.engines.start()
         self.sampler = self.engines.build_sampler(
-            t_mix=cfg.schedule.t_mix, group_size=cfg.schedule.group_size, cache_seed=cfg.seed
+            t_mix=cfg.schedule.t_mix, group_size=cfg.schedule.group_size, seed=cfg.seed
         )
         self.logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, total_steps=cfg.schedule.steps)
 
@@ -92,21 +92,29 @@ class Driver:
         tokens = sum(len(r.response_ids) for r in experience.records)
         metrics = {
             **rollout_metrics,
+            **_weight_versions(experience.records),
             **experience.metrics,
             "rollout/sampling_rounds": rounds,
+            "data/epoch": self.prompts.epoch,
+            "data/position": self.prompts.position,
             "rollout/reward_timeouts": scored.timed_out,
             "rollout/tokens_per_s": tokens / elapsed,
             "time/rollout": elapsed,
         }
         return experience, metrics
 
-    def evaluate(self) -> dict[str, float]:
-        """avg@k and pass@k on the held-out prompts, sampled from the learner engines."""
+    def evaluate(self, step: int) -> dict[str, float]:
+        """avg@k and pass@k on the held-out prompts, sampled from the learner engines (seeded)."""
         if self.eval_set is None:
             return {}
         k = self.cfg.eval.samples_per_prompt
         requests = [
-            SampleRequest(f"eval-{i}", j, self.eval_set.prompt_ids[i])
+            SampleRequest(
+                f"eval-{i}",
+                j,
+                self.eval_set.prompt_ids[i],
+                sample_seed(self.cfg.seed, step, "eval", str(i), j),
+            )
             for i in range(len(self.eval_set))
             for j in range(k)
         ]
@@ -145,6 +153,15 @@ class Driver:
         self.logger.close()
         self.scorer.close()
         self.engines.stop()
+
+
+def _weight_versions(records) -> dict[str, str]:
+    """The engines' weight version(s) behind each source's samples, e.g. "default" or "3" (a comma-
+    separated list when a batch mixes versions, which only a missed sync can cause)."""
+    versions: dict[str, set[str]] = {}
+    for record in records:
+        versions.setdefault(record.source, set()).add(record.weight_version)
+    return {f"rollout/{source}_weight_version": ",".join(sorted(v)) for source, v in versions.items()}
 
 
 def _concat(a, b):

@@ -58,7 +58,7 @@ def train(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
                 driver.load_state_dict(loop["driver"])
             sync.update(learner.iter_hf_weights(), version=loop["step"])  # engines start from the base model
         if start == 1 and cfg.eval.every_steps and driver:  # the starting point of the eval curve
-            driver.logger.log(0, driver.evaluate())
+            driver.logger.log(0, driver.evaluate(0))
         for step in range(start, cfg.schedule.steps + 1):
             step_started = time.perf_counter()
             experience, metrics = driver.collect(step) if driver else (None, {})
@@ -78,7 +78,7 @@ def train(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
 
             last = step == cfg.schedule.steps
             if cfg.eval.every_steps and (last or step % cfg.eval.every_steps == 0):
-                metrics.update(driver.evaluate() if driver else {})
+                metrics.update(driver.evaluate(step) if driver else {})
             if last or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
                 loop_state = {"driver": driver.state_dict()} if driver else None
                 save_run_checkpoint(run_dir, step, learner, loop_state, cfg.checkpoint.keep_last)

@@ -127,7 +127,7 @@ class RolloutClient:
     ) -> list[dict[str, Any]]:
         payload = {
             "input_ids": [request.input_ids for request in batch],
-            "sampling_params": sampling.to_sglang(),
+            "sampling_params": [sampling.to_sglang(seed=request.seed) for request in batch],
             "return_logprob": True,
             "logprob_start_len": -1,
             "rid": [uuid.uuid4().hex for _ in batch],

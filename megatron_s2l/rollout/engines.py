@@ -55,13 +55,19 @@ class RolloutEngines:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def build_sampler(self, *, t_mix: int, group_size: int, cache_seed: int = 0) -> S2LGroupSampler:
+    def build_sampler(self, *, t_mix: int, group_size: int, seed: int | None = None) -> S2LGroupSampler:
         client_config = self.config.client
         explorer = None if self.explorer is None else RolloutClient(self.explorer, "explorer", client_config)
         learner = RolloutClient(self.learner, "learner", client_config)
         cache = None
         if self.config.explorer_cache_path is not None:
-            cache = ExplorerCache(self.config.explorer_cache_path, seed=cache_seed)
+            cache = ExplorerCache(self.config.explorer_cache_path, seed=seed or 0)
         return S2LGroupSampler(
-            explorer, learner, self.config, t_mix=t_mix, group_size=group_size, explorer_cache=cache
+            explorer,
+            learner,
+            self.config,
+            t_mix=t_mix,
+            group_size=group_size,
+            explorer_cache=cache,
+            seed=seed,
         )

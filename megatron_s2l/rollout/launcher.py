@@ -335,6 +335,9 @@ class EngineServer(_HttpProcess):
 class RouterServer(_HttpProcess):
     """An `sglang-router` in front of several engine servers (round-robin or cache-aware)."""
 
+    # /health answers as soon as the router listens; /readiness once it has a healthy worker.
+    health_path = "/readiness"
+
     def __init__(
         self,
         worker_urls: list[str],

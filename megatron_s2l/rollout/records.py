@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,6 +17,15 @@ class SampleRequest:
     prompt_id: str
     sample_index: int
     input_ids: list[int]
+    seed: int | None = None
+    """SGLang `sampling_seed`: the same seed gives the same sample (reproducible runs, exact resume;
+    a re-sent request draws the same sample again). None: the engine's own randomness."""
+
+
+def sample_seed(run_seed: int, step: int, source: str, prompt_id: str, index: int) -> int:
+    """A stable 63-bit seed for one sample (Python's hash() changes between processes)."""
+    key = f"{run_seed}/{step}/{source}/{prompt_id}/{index}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,14 @@ from megatron_s2l.algo.schedule import s2l_split
 from megatron_s2l.rollout.client import ClientConfig, RolloutClient
 from megatron_s2l.rollout.explorer_cache import ExplorerCache
 from megatron_s2l.rollout.pool import EnginePoolConfig
-from megatron_s2l.rollout.records import Prompt, RolloutBatch, RolloutGroup, RolloutRecord, SampleRequest
+from megatron_s2l.rollout.records import (
+    Prompt,
+    RolloutBatch,
+    RolloutGroup,
+    RolloutRecord,
+    SampleRequest,
+    sample_seed,
+)
 from megatron_s2l.rollout.sampling_params import SamplingConfig, default_explorer_sampling
 
 
@@ -56,12 +63,15 @@ class S2LGroupSampler:
         t_mix: int,
         group_size: int,
         explorer_cache: ExplorerCache | None = None,
+        seed: int | None = None,
     ) -> None:
         if explorer is None and explorer_cache is None and t_mix > 0:
             raise ValueError("t_mix > 0 needs an explorer pool or an explorer cache")
         self.explorer, self.learner, self.config = explorer, learner, config
         self.t_mix, self.group_size = t_mix, group_size
         self.explorer_cache = explorer_cache
+        self.seed = seed
+        """Run seed of per-sample sampling seeds (None: unseeded sampling)."""
 
     def sample(self, prompts: list[Prompt], step: int) -> RolloutBatch:
         return asyncio.run(self.sample_async(prompts, step))
@@ -69,8 +79,9 @@ class S2LGroupSampler:
     async def sample_async(self, prompts: list[Prompt], step: int) -> RolloutBatch:
         g_explorer, g_learner = s2l_split(step, self.t_mix, self.group_size)
         learner_stats_before = self.learner.stats.resent_batches
-        explorer_task = self._explorer_samples(prompts, g_explorer)
-        learner_task = self.learner.generate(_requests(prompts, g_learner), self.config.learner_sampling)
+        explorer_task = self._explorer_samples(prompts, g_explorer, step)
+        learner_requests = self._requests(prompts, g_learner, "learner", step)
+        learner_task = self.learner.generate(learner_requests, self.config.learner_sampling)
         explorer_records, learner_records = await asyncio.gather(explorer_task, learner_task)
         groups = _assemble_groups(prompts, explorer_records, learner_records, g_explorer, g_learner)
         pool = self.learner.pool
@@ -87,17 +98,27 @@ class S2LGroupSampler:
             step=step, g_explorer=g_explorer, g_learner=g_learner, groups=groups, metrics=metrics
         )
 
-    async def _explorer_samples(self, prompts: list[Prompt], count: int) -> list[RolloutRecord]:
+    async def _explorer_samples(self, prompts: list[Prompt], count: int, step: int) -> list[RolloutRecord]:
         if count == 0:
             return []
         if self.explorer_cache is not None:
             return [r for p in prompts for r in self.explorer_cache.draw(p.prompt_id, p.input_ids, count)]
         assert self.explorer is not None
-        return await self.explorer.generate(_requests(prompts, count), self.config.explorer_sampling)
+        requests = self._requests(prompts, count, "explorer", step)
+        return await self.explorer.generate(requests, self.config.explorer_sampling)
 
-
-def _requests(prompts: list[Prompt], count: int) -> list[SampleRequest]:
-    return [SampleRequest(p.prompt_id, index, p.input_ids) for p in prompts for index in range(count)]
+    def _requests(self, prompts: list[Prompt], count: int, source: str, step: int) -> list[SampleRequest]:
+        seed = self.seed
+        return [
+            SampleRequest(
+                p.prompt_id,
+                i,
+                p.input_ids,
+                None if seed is None else sample_seed(seed, step, source, p.prompt_id, i),
+            )
+            for p in prompts
+            for i in range(count)
+        ]
 
 
 def _assemble_groups(

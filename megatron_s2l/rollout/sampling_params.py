@@ -33,7 +33,7 @@ class SamplingConfig:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
-    def to_sglang(self) -> dict[str, Any]:
+    def to_sglang(self, seed: int | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -44,6 +44,8 @@ class SamplingConfig:
             params["stop"] = list(self.stop)
         if self.stop_token_ids:
             params["stop_token_ids"] = list(self.stop_token_ids)
+        if seed is not None:
+            params["sampling_seed"] = seed
         return params
 
 

@@ -109,8 +109,18 @@ class DiskTransport(Transport):
 
 
 @contextlib.contextmanager
-def _stdout_to_devnull():
-    """Point fds 1 and 2 at /dev/null for a moment (for a daemon that must not inherit them)."""
+def _isolated_from_daemons():
+    """Spawn-safe moment for a daemon: fds 1 and 2 point at /dev/null and no other fd is inheritable.
+
+    A daemon forked now inherits neither our stdout/stderr (which would keep a CI pipe or pytest's
+    capture open) nor pipes such as multiprocessing's exit sentinel (which would make a parent's
+    `Process.join()` wait for the daemon instead of for us). Marking fds non-inheritable only
+    affects future exec'd children; this process keeps using them as before.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if int(name) > 2:
+                os.set_inheritable(int(name), False)
     saved = [os.dup(1), os.dup(2)]
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
@@ -133,9 +143,8 @@ class TensorTransport(Transport):
         self.timeout_s = timeout_s
         mp.set_sharing_strategy("file_system")
         # NOTE: the first shared tensor starts torch's `torch_shm_manager` daemon, which inherits
-        # stdout/stderr and would keep a CI pipe (or pytest's capture) open after we exit: start it
-        # here with both pointing at /dev/null.
-        with _stdout_to_devnull():
+        # every inheritable fd of this process and outlives it: start it here, isolated.
+        with _isolated_from_daemons():
             torch.zeros(1).share_memory_()
 
     def send(self, bucket: Bucket, endpoints: list[EngineEndpoint], version: str) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -109,9 +109,27 @@ def build_transport(config: SyncConfig, stage: int) -> Transport:
     )
 
 
-def _barrier() -> None:
+def _capture(action) -> BaseException | None:
+    """Run `action`; return its sync-level failure instead of raising it (the ranks agree first)."""
+    try:
+        action()
+    except (WeightSyncError, EngineRequestError, WeightManifestError, RuntimeError) as error:
+        return error
+    return None
+
+
+def _raise_if_any_rank_failed(error: BaseException | None, what: str) -> None:
+    """A barrier that also agrees on failure, so no rank waits forever for one that gave up."""
+    failed = error is not None
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        flag = torch.tensor([float(failed)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        failed = bool(flag.item())
+    if error is not None:
+        raise error if isinstance(error, WeightSyncError) else WeightSyncError(f"{what}: {error}") from error
+    if failed:
+        raise WeightSyncError(f"weight sync failed on another learner rank while {what}")
 
 
 class WeightSync:
@@ -149,19 +167,17 @@ class WeightSync:
             self.endpoints = pool_endpoints(self.pool)  # the pool may have dropped a server
             self.pool.weight_version = version  # from now on, older samples count as stale
         endpoints = list(self.endpoints)
-        if self.is_controller:
-            self._prepare_engines(endpoints)
+        tensors = iter(named_tensors)
+        error: BaseException | None = None
         try:
-            _barrier()
+            if self.is_controller:
+                error = _capture(lambda: self._prepare_engines(endpoints))
+            _raise_if_any_rank_failed(error, "pausing the engines")  # nothing exported yet
             if self.is_sender:
-                sent: set[str] = set()
-                for bucket in iter_buckets(self._checked(named_tensors, sent), self.config.bucket_mb * 2**20):
-                    self._send_with_retries(bucket, endpoints, version, result)
-                self._check_complete(sent)
-            else:
-                for _ in named_tensors:  # the export is collective: every rank must drive it
-                    pass
-            _barrier()
+                error = _capture(lambda: self._send_all(tensors, endpoints, version, result))
+            for _ in tensors:  # the export is collective: every rank drives it to the end, even on failure
+                pass
+            _raise_if_any_rank_failed(error, "sending the weights")
             if self.is_controller and self.transport is not None:
                 self._with_retries(lambda: self.transport.apply(endpoints, version), endpoints, result)
         finally:
@@ -174,6 +190,18 @@ class WeightSync:
                 self.pool.server_versions[url] = version
         result.seconds = time.perf_counter() - started
         return result
+
+    def _send_all(
+        self,
+        tensors: Iterator[tuple[str, torch.Tensor]],
+        endpoints: list[EngineEndpoint],
+        version: str,
+        result: SyncResult,
+    ) -> None:
+        sent: set[str] = set()
+        for bucket in iter_buckets(self._checked(tensors, sent), self.config.bucket_mb * 2**20):
+            self._send_with_retries(bucket, endpoints, version, result)
+        self._check_complete(sent)
 
     def _checked(
         self, named_tensors: Iterable[tuple[str, torch.Tensor]], sent: set[str]

@@ -80,14 +80,20 @@ def test_stop_ends_the_whole_process_group(tmp_path) -> None:
     """A child's own children (SGLang's scheduler, detokenizer) go too, by the group's id."""
     script = (
         "import subprocess, sys, time; "
-        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "print('grandchild', 'started', flush=True); time.sleep(60)"
     )
     process = ManagedProcess("sleeper", [sys.executable, "-c", script], dict(os.environ), tmp_path / "log")
     process.spawn()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 30
+    while "grandchild started" not in process.log_tail() and time.monotonic() < deadline:
+        time.sleep(0.05)
     group = process.pid
+    assert len(_live_members(group)) == 2  # the child and its own child
     process.stop(timeout_s=5.0)
     assert not process.is_running()
+    while _live_members(group) and time.monotonic() < deadline:  # SIGKILLed, maybe not yet exited
+        time.sleep(0.05)
     assert _live_members(group) == []
 
 
