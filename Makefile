@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev,rollout]'
 	$(PIP) install --quiet --no-deps sglang==0.5.23 sglang-router==0.3.2
+	# SGLang imports torchvision even for text models; PyPI's build breaks `import transformers` in any
+	# process that sees it, so it lives in a folder only the SGLang server children put on their path.
+	$(PIP) install --quiet --no-deps --target $(VENV)/sglang-cpu-site "torchvision==0.28.*"
 	touch $@
 
 demo: setup

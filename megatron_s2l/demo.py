@@ -142,8 +142,10 @@ def _warmup(init_dir: Path, out_dir: Path, train_file: Path, model: ModelRecipe,
     rows = list(read_prompt_file(train_file))
     prompts = encode_prompts([r.messages for r in rows], tokenizer, "raw")
     responses = [[*tokenizer(r.extra_info["solution"]).input_ids, tokenizer.eos_token_id] for r in rows]
-    optimizer = OptimizerConfig(lr=model.warmup_lr, warmup_steps=model.warmup_steps // 10, lr_schedule="cosine",
-                                decay_steps=model.warmup_steps, min_lr=model.warmup_lr / 10)  # fmt: skip
+    optimizer = OptimizerConfig(
+        lr=model.warmup_lr, min_lr=model.warmup_lr / 10, lr_schedule="cosine",
+        warmup_steps=model.warmup_steps // 10, decay_steps=model.warmup_steps,
+    )  # fmt: skip
     parallel = ParallelConfig(micro_batch_size=recipe.warmup_batch)
     learner = Learner.from_hf(LearnerConfig(optimizer=optimizer, parallel=parallel), init_dir)
     rng = random.Random(recipe.seed)

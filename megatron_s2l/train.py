@@ -19,6 +19,7 @@ from megatron_s2l.config import S2LConfig
 from megatron_s2l.experience import engine_logprob_gaps
 from megatron_s2l.learner.learner import Learner
 from megatron_s2l.run_state import latest_checkpoint, load_run_checkpoint, save_run_checkpoint
+from megatron_s2l.sync.manifest import read_weight_manifest
 from megatron_s2l.sync.weight_sync import WeightSync, pool_endpoints
 
 _TRAIN_METRIC_NAMES = {"loss": "loss/total", "pg_loss": "loss/pg", "kl": "loss/kl", "entropy": "loss/entropy"}
@@ -48,6 +49,8 @@ def train(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
             is_sender=layout.tp_rank == 0 and layout.dp_rank == 0,
             is_controller=is_driver,
             stage=layout.pp_rank,
+            num_stages=layout.pp,
+            manifest=read_weight_manifest(cfg.model.learner),  # every sender checks its tensors
         )
         start = 1
         checkpoint = latest_checkpoint(run_dir) if resume else None

@@ -12,8 +12,11 @@ talks to the engines about the update as a whole, in this order:
     -> [begin_weight_update] -> senders send their buckets -> [apply, end_weight_update]
     -> continue generation
 
-Ranks with nothing to send wait on barriers. A bucket that fails is retried (after dropping engines
-that no longer answer /health from this update); an update that still fails raises WeightSyncError.
+Ranks with nothing to send wait at two all-reduces that double as barriers and agree on failure: a
+rank that fails (engine unreachable, a tensor not in the engine's manifest, a send that keeps
+failing) still drives the export to its end, and then every rank raises WeightSyncError instead of
+one rank leaving the others waiting. A bucket that fails is retried first (after dropping engines
+that no longer answer /health from this update).
 The pool's expected version moves to the new one before anything is sent, so samples from an engine
 that missed the update are counted as stale by the sampler.
 """
@@ -59,7 +62,7 @@ class SyncConfig:
     """Broadcast backend of the distributed transport; auto: nccl for CUDA tensors, gloo on CPU."""
     master_address: str = "127.0.0.1"
     """Address of the sending rank that the engines connect to (distributed transport)."""
-    disk_dir: str = "checkpoints/weight_sync"
+    disk_dir: str = "runs/weight_sync"
     """Directory of the disk transport (visible to the engines); only the latest version is kept."""
 
     def __post_init__(self) -> None:

@@ -88,7 +88,10 @@ def test_distributed_sync_with_generation_in_flight_finishes_on_new_weights(
     learner_url = rollout_engines.learner.servers[0].url
     target = tiny_models["target_distributed"]
     prompt = [random.randrange(3, 400) for _ in range(5)]
-    total = 400
+    total = 480  # context length 512
+    started = time.monotonic()
+    engine_greedy(learner_url, prompt[::-1], 48)
+    expected_seconds = (time.monotonic() - started) * total / 48  # this machine's speed right now
     answer: dict = {}
 
     def long_generation() -> None:
@@ -96,7 +99,7 @@ def test_distributed_sync_with_generation_in_flight_finishes_on_new_weights(
 
     generator = threading.Thread(target=long_generation)
     generator.start()
-    time.sleep(1.5)  # prefill done, decoding (400 tokens take several seconds on CPU)
+    time.sleep(max(0.2, 0.2 * expected_seconds))  # about a fifth of the way into decoding
     assert generator.is_alive(), "the request finished before the update: make it longer"
     sync = _make_sync(rollout_engines, "distributed", tmp_path)
     try:
