@@ -12,10 +12,12 @@ setup: $(VENV)/.installed
 # SGLang itself goes in without its dependencies (they pin a CUDA torch and GPU kernels).
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
+	# No torchvision in the venv (see below): drop one a previous install may have left.
+	$(PIP) uninstall --quiet --yes torchvision 2>/dev/null || true
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev,rollout]'
-	$(PIP) install --quiet --no-deps sglang==0.5.23 sglang-router==0.3.2
+	$(PIP) install --quiet --no-deps sglang==0.5.23 sglang-router==0.3.2 timm==1.0.25
 	# SGLang imports torchvision even for text models; PyPI's build breaks `import transformers` in any
 	# process that sees it, so it lives in a folder only the SGLang server children put on their path.
 	$(PIP) install --quiet --no-deps --target $(VENV)/sglang-cpu-site "torchvision==0.28.*"

@@ -13,7 +13,6 @@ from megatron_s2l.learner.batch import TrainBatch
 from megatron_s2l.learner.checkpoint import resolve_checkpoint
 from megatron_s2l.learner.hf_config import read_qwen3_config
 from megatron_s2l.learner.learner import LearnerConfig
-from megatron_s2l.learner.logprobs import mask_padded_vocab
 from megatron_s2l.learner.logprobs_cli import read_sequences, right_pad
 from megatron_s2l.learner.optimizer import OptimizerConfig
 from megatron_s2l.learner.parallel import ParallelConfig, check_parallel_sizes
@@ -97,13 +96,6 @@ def test_train_batch_checks_shapes_and_selects_rows() -> None:
     with pytest.raises(ValueError, match="old_logprobs"):
         TrainBatch(input_ids=torch.zeros(4, 6, dtype=torch.long), loss_mask=torch.ones(4, 5),
                    advantages=torch.zeros(4), old_logprobs=torch.zeros(4, 6))  # fmt: skip
-
-
-def test_mask_padded_vocab_only_hits_ids_past_the_vocab() -> None:
-    logits = torch.zeros(1, 2, 8)  # shard of 8 ids; TP rank 1 of a vocab of 13 padded to 16
-    masked = mask_padded_vocab(logits, vocab_size=13, tp_rank=1)
-    assert torch.isinf(masked[..., 5:]).all() and (masked[..., :5] == 0).all()
-    assert mask_padded_vocab(logits, vocab_size=13, tp_rank=0) is logits
 
 
 def test_checkpoint_falls_back_to_old_copy(tmp_path: Path) -> None:
