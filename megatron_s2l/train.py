@@ -82,9 +82,6 @@ def train(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
             last = step == cfg.schedule.steps
             if cfg.eval.every_steps and (last or step % cfg.eval.every_steps == 0):
                 metrics.update(driver.evaluate(step) if driver else {})
-            if last or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
-                loop_state = {"driver": driver.state_dict()} if driver else None
-                save_run_checkpoint(run_dir, step, learner, loop_state, cfg.checkpoint.keep_last)
             if driver:
                 metrics.update(
                     {_TRAIN_METRIC_NAMES.get(k, f"train/{k}"): v for k, v in train_metrics.items()}
@@ -92,6 +89,10 @@ def train(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
                 metrics.update(engine_logprob_gaps(experience, batch.old_logprobs))
                 metrics["time/step"] = time.perf_counter() - step_started
                 driver.logger.log(step, metrics)
+            # After logging: a run killed in between re-runs (and re-logs) this step on resume.
+            if last or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
+                loop_state = {"driver": driver.state_dict()} if driver else None
+                save_run_checkpoint(run_dir, step, learner, loop_state, cfg.checkpoint.keep_last)
     finally:
         if driver:
             driver.close()
