@@ -64,7 +64,7 @@ class Driver:
         max_new = self.cfg.rollout.learner_sampling.max_new_tokens
         scored = None
         rollout_metrics: dict[str, float] = {}
-        rounds = 0
+        rounds, reward_seconds = 0, 0.0
         while True:
             rounds += 1
             prompts = [self._prompt(i) for i in next(self._batches)]
@@ -75,7 +75,9 @@ class Driver:
                 {"schedule/g_explorer": rollout.g_explorer, "schedule/g_learner": rollout.g_learner}
             )
             records = {p.prompt_id: r for p, r in prompts}
+            reward_started = time.perf_counter()
             new = score_groups(rollout.groups, records, self.tokenizer, self.scorer, algo, max_new)
+            reward_seconds += time.perf_counter() - reward_started
             if algo.dynamic_sampling:
                 new = keep_groups_with_signal(new)
             scored = new if scored is None else _concat(scored, new)
@@ -88,7 +90,7 @@ class Driver:
                 )
         scored = _trim(scored, want)
         experience = build_experience(scored, algo, self.pad_id)
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started - reward_seconds
         tokens = sum(len(r.response_ids) for r in experience.records)
         metrics = {
             **rollout_metrics,
@@ -100,6 +102,7 @@ class Driver:
             "rollout/reward_timeouts": scored.timed_out,
             "rollout/tokens_per_s": tokens / elapsed,
             "time/rollout": elapsed,
+            "time/reward": reward_seconds,
         }
         return experience, metrics
 
@@ -121,14 +124,8 @@ class Driver:
         client = RolloutClient(self.engines.learner, "learner", self.cfg.rollout.client)
         records = asyncio.run(client.generate(requests, self.cfg.rollout.learner_sampling))
         texts = self.tokenizer.batch_decode([r.response_ids for r in records], skip_special_tokens=True)
-        items = [
-            (
-                self.eval_set[int(r.prompt_id[5:])].data_source,
-                t,
-                self.eval_set[int(r.prompt_id[5:])].ground_truth,
-            )
-            for r, t in zip(records, texts, strict=True)
-        ]
+        prompts = [self.eval_set[n // k] for n in range(len(records))]  # records come in request order
+        items = [(p.data_source, t, p.ground_truth) for p, t in zip(prompts, texts, strict=True)]
         correct = [res.acc for res in self.scorer.score(items)]
         per_prompt = [correct[i * k : (i + 1) * k] for i in range(len(self.eval_set))]
         return {
