@@ -41,13 +41,8 @@ def plot_runs(run_dirs: list[Path], out_dir: Path) -> list[Path]:
                     if src_key != key:
                         ax.plot(*_series(records, src_key), ls="--", label=source)
         ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    written.append(out_dir / "curves.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+        _finish_axes(ax)
+    written.append(_save(plt, fig, out_dir / "curves.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, records in runs.items():
@@ -56,15 +51,23 @@ def plot_runs(run_dirs: list[Path], out_dir: Path) -> list[Path]:
         share = [e / (e + s) for e, s in zip(explorer, learner, strict=True)]
         ax.step(steps, share, where="mid", label=f"{name}: explorer share of each group")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("step")
     ax.set_ylabel("G_w / G")
+    _finish_axes(ax)
+    written.append(_save(plt, fig, out_dir / "explorer_share.png"))
+    return written
+
+
+def _finish_axes(ax) -> None:
+    ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
-    written.append(out_dir / "explorer_share.png")
-    fig.savefig(written[-1], dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return written
+    return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
