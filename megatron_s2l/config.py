@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_s2l.algo import LossConfig
+from megatron_s2l.algo import AlgoConfig, ScheduleConfig
 from megatron_s2l.configio import ConfigError, apply_overrides, build, read_yaml
 from megatron_s2l.data import DataConfig
 from megatron_s2l.learner.learner import LearnerConfig
@@ -24,49 +24,6 @@ class ModelConfig:
     """Hugging Face checkpoint directory of the learner (the model being trained)."""
     explorer: str = ""
     """Hugging Face checkpoint directory of the frozen explorer; empty for plain GRPO (t_mix = 0)."""
-
-
-@dataclass(kw_only=True, slots=True)
-class ScheduleConfig:
-    steps: int = 100
-    """Training steps T (one rollout batch and one policy update each)."""
-    t_mix: int = 0
-    """Mixing steps T_mix: the explorer share anneals from 1 at step 1 to 0 at step T_mix; 0 = no explorer."""
-    group_size: int = 8
-    """Samples per prompt G (explorer + learner), the group the advantage is relative to."""
-    prompts_per_step: int = 32
-    """Prompts per rollout batch."""
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "group_size", "prompts_per_step"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.t_mix < 0:
-            raise ValueError(f"t_mix must be >= 0, got {self.t_mix}")
-
-
-@dataclass(kw_only=True, slots=True)
-class AlgoConfig:
-    norm_adv_by_std: bool = True
-    """Divide group-centred rewards by the group std (GRPO); false is Dr.GRPO."""
-    loss: LossConfig = field(default_factory=LossConfig)
-    """The policy objective: clipping, aggregation, KL and entropy terms."""
-    dynamic_sampling: bool = False
-    """DAPO dynamic sampling: drop groups whose rewards are all equal and sample more prompts."""
-    max_sampling_rounds: int = 10
-    """With dynamic sampling: give up (error) after this many extra generation rounds per step."""
-    overlong_buffer: int = 0
-    """DAPO overlong shaping: penalise the last `overlong_buffer` tokens before max_new_tokens; 0 = off."""
-    overlong_penalty_factor: float = 1.0
-    """Penalty at max_new_tokens (linear from 0 at the buffer's start)."""
-
-    def __post_init__(self) -> None:
-        if self.max_sampling_rounds < 1:
-            raise ValueError(f"max_sampling_rounds must be >= 1, got {self.max_sampling_rounds}")
-        if self.overlong_buffer < 0:
-            raise ValueError(f"overlong_buffer must be >= 0, got {self.overlong_buffer}")
-        if self.overlong_penalty_factor < 0:
-            raise ValueError(f"overlong_penalty_factor must be >= 0, got {self.overlong_penalty_factor}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -139,11 +96,19 @@ class S2LConfig:
             raise ValueError(
                 f"ranks ({self.ranks}) must be a multiple of tensor_parallel * pipeline_parallel"
             )
-        rows = self.schedule.prompts_per_step * self.schedule.group_size
+        prompts = self.schedule.prompts_per_step
+        per_update = self.algo.ppo_mini_batch_prompts or prompts
+        if prompts % per_update:
+            raise ValueError(
+                f"schedule.prompts_per_step ({prompts}) must be a multiple of algo.ppo_mini_batch_prompts "
+                f"({per_update}): each optimizer update takes whole groups"
+            )
+        rows = per_update * self.schedule.group_size
         per_step = self.ranks // model_parallel * parallel.micro_batch_size
         if rows % per_step:
             raise ValueError(
-                f"schedule.prompts_per_step * group_size ({rows}) must be divisible by data-parallel size * "
+                f"each optimizer update's {rows} sequences (algo.ppo_mini_batch_prompts or "
+                f"schedule.prompts_per_step, times group_size) must be divisible by data-parallel size * "
                 f"learner.parallel.micro_batch_size ({per_step})"
             )
         max_new = self.rollout.learner_sampling.max_new_tokens

@@ -5,9 +5,9 @@ The learner ranks only see `TrainBatch`es; everything that talks to SGLang or re
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from megatron_s2l.data import PromptRecord, PromptSampler, load_prompt_dataset
 from megatron_s2l.eval import avg_at_k, pass_at_k
 from megatron_s2l.experience import Experience, build_experience, keep_groups_with_signal, score_groups
 from megatron_s2l.metrics import RunLogger
-from megatron_s2l.reward import RewardScorer
+from megatron_s2l.reward import RewardScorer, check_data_source
 from megatron_s2l.rollout.client import RolloutClient
 from megatron_s2l.rollout.engines import RolloutEngines
 from megatron_s2l.rollout.records import Prompt, SampleRequest, sample_seed
@@ -35,12 +35,12 @@ class Driver:
         self.cfg, self.run_dir = cfg, run_dir
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.learner)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.train_set = load_prompt_dataset(cfg.data.train_files, self.tokenizer, cfg.data)
-        self.eval_set = (
-            load_prompt_dataset(cfg.data.eval_files, self.tokenizer, cfg.data)
-            if cfg.data.eval_files
-            else None
+        # Every row's data_source must have a reward function: checked here, before any server starts.
+        load = partial(
+            load_prompt_dataset, tokenizer=self.tokenizer, cfg=cfg.data, check_source=check_data_source
         )
+        self.train_set = load(cfg.data.train_files)
+        self.eval_set = load(cfg.data.eval_files) if cfg.data.eval_files else None
         self.prompts = PromptSampler(range(len(self.train_set)), shuffle=cfg.data.shuffle, seed=cfg.seed)
         self._batches = self.prompts.batches(cfg.schedule.prompts_per_step)
         self.scorer = RewardScorer(cfg.reward)
@@ -68,7 +68,7 @@ class Driver:
         while True:
             rounds += 1
             prompts = [self._prompt(i) for i in next(self._batches)]
-            rollout = self.sampler.sample([p for p, _ in prompts], step)
+            rollout = self.engines.run(self.sampler.sample([p for p, _ in prompts], step))
             for key, value in rollout.metrics.items():
                 rollout_metrics[key] = rollout_metrics.get(key, 0.0) + value
             rollout_metrics.update(
@@ -79,7 +79,7 @@ class Driver:
             new = score_groups(rollout.groups, records, self.tokenizer, self.scorer, algo, max_new)
             reward_seconds += time.perf_counter() - reward_started
             if algo.dynamic_sampling:
-                new = keep_groups_with_signal(new)
+                new = keep_groups_with_signal(new, algo.dynamic_sampling_metric)
             scored = new if scored is None else _concat(scored, new)
             if not algo.dynamic_sampling or len(scored.groups) >= want:
                 break
@@ -122,7 +122,7 @@ class Driver:
             for j in range(k)
         ]
         client = RolloutClient(self.engines.learner, "learner", self.cfg.rollout.client)
-        records = asyncio.run(client.generate(requests, self.cfg.rollout.learner_sampling))
+        records = self.engines.run(client.generate(requests, self.cfg.rollout.learner_sampling))
         texts = self.tokenizer.batch_decode([r.response_ids for r in records], skip_special_tokens=True)
         prompts = [self.eval_set[n // k] for n in range(len(records))]  # records come in request order
         items = [(p.data_source, t, p.ground_truth) for p, t in zip(prompts, texts, strict=True)]

@@ -1,7 +1,7 @@
 """From a rollout batch to a train batch: decode, score, shape, group advantages, pad.
 
     scored = score_groups(rollout_batch.groups, prompts_by_id, tokenizer, scorer, algo, max_new_tokens)
-    scored = keep_groups_with_signal(scored)        # DAPO dynamic sampling, when enabled
+    scored = keep_groups_with_signal(scored, "acc")  # DAPO dynamic sampling, when enabled
     experience = build_experience(scored, algo, pad_id)
     experience.batch        # TrainBatch for the learner (advantages over each COMBINED group)
     experience.metrics      # rewards, accuracy and lengths by source, advantage statistics
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_s2l.algo import groups_with_signal, grpo_advantages, overlong_penalty
-from megatron_s2l.config import AlgoConfig
+from megatron_s2l.algo import AlgoConfig, groups_with_signal, grpo_advantages, overlong_penalty
+from megatron_s2l.algo.config import FilterMetric
 from megatron_s2l.data import PromptRecord
 from megatron_s2l.learner.batch import TrainBatch
 from megatron_s2l.reward import RewardScorer
@@ -79,10 +79,12 @@ def score_groups(
     return ScoredGroups(list(groups), rewards, correct, sum(res.timed_out for res in results))
 
 
-def keep_groups_with_signal(scored: ScoredGroups) -> ScoredGroups:
-    """DAPO dynamic sampling: drop groups whose rewards are all equal (they carry no gradient)."""
-    flat = torch.tensor([r for rs in scored.rewards for r in rs])
-    index = torch.tensor([g for g, rs in enumerate(scored.rewards) for _ in rs])
+def keep_groups_with_signal(scored: ScoredGroups, metric: FilterMetric) -> ScoredGroups:
+    """DAPO dynamic sampling: drop groups whose `metric` ("acc": the verdicts, "reward": the shaped
+    scores) is the same for every sample (all right or all wrong: no learning signal)."""
+    values = scored.correct if metric == "acc" else scored.rewards
+    flat = torch.tensor([float(v) for vs in values for v in vs])
+    index = torch.tensor([g for g, vs in enumerate(values) for _ in vs])
     keep_sample = groups_with_signal(flat, index) if flat.numel() else torch.zeros(0, dtype=torch.bool)
     keep = sorted({int(g) for g in index[keep_sample].tolist()})
     return ScoredGroups(
@@ -133,8 +135,13 @@ def _metrics(
     return metrics
 
 
-def engine_logprob_gaps(experience: Experience, learner_logprobs: torch.Tensor) -> dict[str, float]:
-    """Mean (engine log-prob - learner log-prob) over each source's response tokens.
+def engine_logprob_gaps(
+    experience: Experience, learner_logprobs: torch.Tensor, learner_logprobs_explorer_t: torch.Tensor
+) -> dict[str, float]:
+    """Mean (engine log-prob - learner log-prob) over each source's response tokens, both at the
+    temperature that source was sampled at (SGLang returns log-probs of the temperature-scaled
+    distribution): `learner_logprobs` at the learner's, `learner_logprobs_explorer_t` at the
+    explorer's.
 
     For learner samples this is the train/inference mismatch (about 0 when both run the same
     weights); for explorer samples it is how much likelier the explorer finds its own tokens than
@@ -144,7 +151,8 @@ def engine_logprob_gaps(experience: Experience, learner_logprobs: torch.Tensor) 
     counts = {s: 0 for s in SOURCES}
     for row, record in enumerate(experience.records):
         start = len(record.prompt_ids) - 1
-        learner = learner_logprobs[row, start : start + len(record.logprobs)]
+        reference = learner_logprobs_explorer_t if record.source == "explorer" else learner_logprobs
+        learner = reference[row, start : start + len(record.logprobs)]
         sums[record.source] += (torch.tensor(record.logprobs) - learner).sum().item()
         counts[record.source] += len(record.logprobs)
     names = {

@@ -79,11 +79,27 @@ def run_training(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
                        nprocs=cfg.ranks, start_method="spawn", join=True)  # fmt: skip
 
 
+BASE_FINGERPRINT = "learner_base.sha256"
+"""The learner's base checkpoint fingerprint, written when a run starts and checked on resume: the
+KL loss's reference policy is rebuilt from that checkpoint, so it must not have changed."""
+
+
 def prepare_run_dir(cfg: S2LConfig, *, resume: bool) -> Path:
+    from megatron_s2l.learner.hf_loader import checkpoint_fingerprint
+
     run_dir = Path(cfg.logging.run_dir.format(name=cfg.name))
     if not resume and (run_dir / "metrics.jsonl").exists():
         raise ConfigError(f"logging.run_dir: {run_dir} already holds a run; resume it or choose another name")
+    fingerprint = checkpoint_fingerprint(cfg.model.learner)
+    recorded = run_dir / BASE_FINGERPRINT
+    if resume and recorded.is_file() and recorded.read_text().strip() != fingerprint:
+        raise ConfigError(
+            f"model.learner: {cfg.model.learner} is not the base checkpoint {run_dir} started from "
+            f"(its fingerprint changed; see {recorded}): the reference policy and the tokenizer come "
+            "from it. Restore that checkpoint, or start a new run."
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(fingerprint + "\n")
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return run_dir
 

@@ -1,5 +1,5 @@
-"""One S2L-PO run, step by step (DESIGN.md 1-2): generate -> reward -> advantages -> old log-probs
--> train -> sync weights -> log / evaluate / checkpoint.
+"""One S2L-PO run, step by step (DESIGN.md 1-2): generate -> reward -> advantages -> old (and
+reference) log-probs -> PPO updates over mini-batches -> sync weights -> log / evaluate / checkpoint.
 
     s2l train --config yaml/demo-cpu.yaml [key.sub=value ...]
     s2l train --resume runs/demo-cpu
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from megatron_s2l.algo import mean_over_updates, ppo_mini_batch_rows, s2l_split
 from megatron_s2l.config import S2LConfig
 from megatron_s2l.experience import engine_logprob_gaps
 from megatron_s2l.learner.learner import Learner
@@ -29,6 +30,17 @@ def _broadcast(obj):
     holder = [obj]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def _logprob_temperatures(cfg: S2LConfig, step: int) -> list[float]:
+    """The learner's sampling temperature, then, while explorer samples are in the batch, the
+    explorer's (evaluated from the same forward), so that each source's engine log-probs are compared
+    with the learner's at the temperature they were sampled at (SGLang returns the log-probs of the
+    temperature-scaled distribution; greedy samples come with unscaled ones)."""
+    learner_t = cfg.rollout.learner_sampling.temperature
+    explorer_t = cfg.rollout.explorer_sampling.temperature or 1.0
+    mixing = s2l_split(step, cfg.schedule.t_mix, cfg.schedule.group_size)[0] > 0
+    return [learner_t, explorer_t] if mixing and explorer_t != learner_t else [learner_t]
 
 
 def train(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
@@ -68,11 +80,22 @@ def train(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
             batch = _broadcast(experience.batch if driver else None)
 
             started = time.perf_counter()
-            batch.old_logprobs = learner.compute_logprobs(batch)  # explorer samples too: ratio starts at 1
+            # Old log-probs of every sample, explorer ones too (so every PPO ratio starts at 1).
+            logprobs_KBT = learner.compute_logprobs_at(batch, _logprob_temperatures(cfg, step))
+            batch.old_logprobs = logprobs_KBT[0]
+            if cfg.algo.loss.kl_coef > 0:
+                batch.ref_logprobs = learner.compute_ref_logprobs(batch)
             metrics["time/logprobs"] = time.perf_counter() - started
 
             started = time.perf_counter()
-            train_metrics = learner.train_step(batch)
+            updates = [
+                learner.train_step(batch.select(rows))
+                for rows in ppo_mini_batch_rows(
+                    cfg.schedule.prompts_per_step, cfg.schedule.group_size, cfg.algo.ppo_mini_batch_prompts,
+                    epochs=cfg.algo.ppo_epochs, seed=cfg.seed, step=step,
+                )
+            ]  # fmt: skip
+            train_metrics = mean_over_updates(updates)
             metrics["time/train"] = time.perf_counter() - started
 
             result = sync.update(learner.iter_hf_weights(), version=step)
@@ -86,7 +109,7 @@ def train(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
                 metrics.update(
                     {_TRAIN_METRIC_NAMES.get(k, f"train/{k}"): v for k, v in train_metrics.items()}
                 )
-                metrics.update(engine_logprob_gaps(experience, batch.old_logprobs))
+                metrics.update(engine_logprob_gaps(experience, logprobs_KBT[0], logprobs_KBT[-1]))
                 metrics["time/step"] = time.perf_counter() - step_started
                 driver.logger.log(step, metrics)
             # After logging: a run killed in between re-runs (and re-logs) this step on resume.

@@ -59,7 +59,9 @@ def main() -> None:
         EnginePoolConfig(num_engines=args.num_engines, engine=EngineConfig()),
         args.log_dir,
     )
-    with pool:
+    # One event loop for every request: the client's concurrency limit belongs to the loop it first
+    # waits on (a fresh loop per round would break it on the second round).
+    with pool, asyncio.Runner() as loop:
         client = RolloutClient(pool, "explorer", ClientConfig(max_concurrency=8 * args.num_engines))
         for start in range(0, len(records), args.prompts_per_round):
             chunk = records[start : start + args.prompts_per_round]
@@ -69,7 +71,7 @@ def main() -> None:
                 for r, ids in zip(chunk, input_ids, strict=True)
                 for i in range(args.samples_per_prompt)
             ]
-            write_explorer_cache(args.out, asyncio.run(client.generate(requests, sampling)))
+            write_explorer_cache(args.out, loop.run(client.generate(requests, sampling)))
             print(f"{start + len(chunk)}/{len(records)} prompts cached", flush=True)
 
 

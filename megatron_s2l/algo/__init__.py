@@ -1,6 +1,7 @@
 """The S2L-PO algorithm: schedule, GRPO advantages, the policy loss and its extras. Pure tensor code."""
 
 from megatron_s2l.algo.advantages import grpo_advantages
+from megatron_s2l.algo.config import AlgoConfig
 from megatron_s2l.algo.filters import groups_with_signal, overlong_penalty
 from megatron_s2l.algo.loss import (
     KL_ESTIMATORS,
@@ -12,13 +13,17 @@ from megatron_s2l.algo.loss import (
     kl_penalty,
     masked_mean,
     policy_loss,
+    select_masked,
 )
-from megatron_s2l.algo.schedule import ScheduleRow, s2l_alpha, s2l_schedule, s2l_split
+from megatron_s2l.algo.ppo import mean_over_updates, ppo_mini_batch_rows
+from megatron_s2l.algo.schedule import ScheduleConfig, ScheduleRow, s2l_alpha, s2l_schedule, s2l_split
 
 __all__ = [
     "KL_ESTIMATORS",
     "LOSS_AGG_MODES",
+    "AlgoConfig",
     "LossConfig",
+    "ScheduleConfig",
     "ScheduleRow",
     "aggregate",
     "entropy_from_logits",
@@ -27,9 +32,12 @@ __all__ = [
     "grpo_loss",
     "kl_penalty",
     "masked_mean",
+    "mean_over_updates",
     "overlong_penalty",
     "policy_loss",
+    "ppo_mini_batch_rows",
     "s2l_alpha",
     "s2l_schedule",
     "s2l_split",
+    "select_masked",
 ]

@@ -31,7 +31,8 @@ class LossConfig:
     agg: LossAgg = "token-mean"
     """How token losses become one number; token-mean is over all tokens of the global batch."""
     norm_len: int | None = None
-    """Constant length for seq-mean-token-sum-norm (Dr.GRPO); None: the padded response length."""
+    """Constant length for seq-mean-token-sum-norm (Dr.GRPO); None: the padded response length of
+    each optimizer update's batch (its longest response; set max_new_tokens for verl's constant)."""
     kl_coef: float = 0.0
     """Weight of the KL penalty to the reference policy; 0 disables it (no reference forward pass)."""
     kl_estimator: KLEstimator = "k3"
@@ -53,8 +54,16 @@ class LossConfig:
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of x over mask == 1 (0 when the mask is empty)."""
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+    """Mean of x over mask == 1 (0 when the mask is empty); masked values never reach the result."""
+    keep = mask.bool()
+    return torch.where(keep, x, 0.0).sum() / keep.sum().clamp(min=1)
+
+
+def select_masked(mask_BT: torch.Tensor, *tensors_BT: torch.Tensor) -> list[torch.Tensor]:
+    """Each tensor with its masked positions replaced by 0 (selected, not multiplied: a NaN or inf
+    in padding, e.g. an engine's -inf log-prob, would survive `x * 0` and poison sums and grads)."""
+    keep_BT = mask_BT.bool()
+    return [torch.where(keep_BT, t, 0.0) for t in tensors_BT]
 
 
 def aggregate(
@@ -71,27 +80,30 @@ def aggregate(
     - token-mean: sum over all tokens / number of tokens.
     - seq-mean-token-sum: mean over sequences of the per-sequence token sum.
     - seq-mean-token-mean: mean over sequences of the per-sequence token mean.
-    - seq-mean-token-sum-norm (Dr.GRPO): mean over sequences of token sum / norm_len.
+    - seq-mean-token-sum-norm (Dr.GRPO): mean over sequences of token sum / norm_len, where
+      norm_len defaults to the batch's padded response length (its longest response).
 
-    `global_tokens` (token-mean) and `global_seqs` (seq-mean modes) replace the local counts with
-    those of the whole global batch, so that summing the losses of micro-batches and data-parallel
-    ranks gives exactly the loss, and gradient, of one big batch.
+    The seq-mean modes average over the sequences that have at least one counted token (as verl
+    does): a fully masked row adds nothing and does not dilute the mean. `global_tokens` (token-mean)
+    and `global_seqs` (non-empty sequences, seq-mean modes) replace the local counts with those of
+    the whole global batch, so that summing the losses of micro-batches and data-parallel ranks
+    gives exactly the loss, and gradient, of one big batch.
     """
-    mask_BT = mask_BT.to(loss_BT.dtype)
-    masked_BT = loss_BT * mask_BT
-    if agg == "token-mean":
-        denom = mask_BT.sum().clamp(min=1) if global_tokens is None else global_tokens
-        return masked_BT.sum() / denom
     if agg not in LOSS_AGG_MODES:
         raise ValueError(f"unknown loss aggregation {agg!r}; expected one of {LOSS_AGG_MODES}")
+    (masked_BT,) = select_masked(mask_BT, loss_BT)
+    tokens_B = mask_BT.bool().sum(dim=-1)
+    if agg == "token-mean":
+        denom = tokens_B.sum().clamp(min=1) if global_tokens is None else global_tokens
+        return masked_BT.sum() / denom
     seq_sum_B = masked_BT.sum(dim=-1)
     if agg == "seq-mean-token-sum":
         seq_loss_B = seq_sum_B
     elif agg == "seq-mean-token-mean":
-        seq_loss_B = seq_sum_B / mask_BT.sum(dim=-1).clamp(min=1)
+        seq_loss_B = seq_sum_B / tokens_B.clamp(min=1)
     else:
-        seq_loss_B = seq_sum_B / (norm_len if norm_len is not None else loss_BT.shape[-1])
-    num_seqs = loss_BT.shape[0] if global_seqs is None else global_seqs
+        seq_loss_B = seq_sum_B / (norm_len if norm_len is not None else max(int(tokens_B.max()), 1))
+    num_seqs = int((tokens_B > 0).sum()) if global_seqs is None else global_seqs
     return seq_loss_B.sum() / max(num_seqs, 1)
 
 
@@ -120,8 +132,9 @@ def policy_loss(
     """
     if advantages.ndim == 1:
         advantages = advantages.unsqueeze(-1)
-    adv_BT = advantages.expand_as(logprobs).to(logprobs.dtype)
     mask_BT = mask.to(logprobs.dtype)
+    adv_BT = advantages.expand_as(logprobs).to(logprobs.dtype)
+    logprobs, old_logprobs, adv_BT = select_masked(mask_BT, logprobs, old_logprobs, adv_BT)
     log_ratio_BT = torch.clamp(logprobs - old_logprobs, -_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
     ratio_BT = torch.exp(log_ratio_BT)
     unclipped_BT = -adv_BT * ratio_BT
@@ -194,7 +207,8 @@ def grpo_loss(
     if cfg.kl_coef > 0:
         if ref_logprobs is None:
             raise ValueError("kl_coef > 0 needs ref_logprobs")
-        kl = aggregate(kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator), mask, cfg.agg, **agg_kwargs)
+        logp_BT, ref_BT = select_masked(mask, logprobs, ref_logprobs)
+        kl = aggregate(kl_penalty(logp_BT, ref_BT, cfg.kl_estimator), mask, cfg.agg, **agg_kwargs)
         loss = loss + cfg.kl_coef * kl
         metrics["kl"] = kl.detach()
     if entropy is not None:

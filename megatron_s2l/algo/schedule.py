@@ -18,6 +18,25 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 
+@dataclass(kw_only=True, slots=True)
+class ScheduleConfig:
+    steps: int = 100
+    """Training steps T (one rollout batch each; algo.ppo_mini_batch_prompts sets its optimizer updates)."""
+    t_mix: int = 0
+    """Mixing steps T_mix: the explorer share anneals from 1 at step 1 to 0 at step T_mix; 0 = no explorer."""
+    group_size: int = 8
+    """Samples per prompt G (explorer + learner), the group the advantage is relative to."""
+    prompts_per_step: int = 32
+    """Prompts per rollout batch."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "group_size", "prompts_per_step"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.t_mix < 0:
+            raise ValueError(f"t_mix must be >= 0, got {self.t_mix}")
+
+
 def _check(step: int, t_mix: int, group_size: int) -> None:
     if step < 1:
         raise ValueError(f"step must be >= 1 (steps are 1-based), got {step}")

@@ -7,7 +7,7 @@ rather than failing the run: one long problem among thousands should not stop a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, overload
@@ -72,13 +72,22 @@ class PromptDataset(Sequence[PromptRecord]):
         return iter(self.records)
 
 
-def _unique_records(files: Sequence[str], dedup: bool) -> tuple[list[PromptRecord], int]:
+def _unique_records(
+    files: Sequence[str], dedup: bool, check_source: Callable[[str], None] | None
+) -> tuple[list[PromptRecord], int]:
     """All records of `files` in order, less repeated prompts when `dedup`; and how many were dropped."""
     seen: set[tuple[tuple[str, str], ...]] = set()
+    sources_ok: set[str] = set()
     records = []
     num_duplicates = 0
     for path in files:
         for record in read_prompt_file(path):
+            if check_source is not None and record.data_source not in sources_ok:
+                try:
+                    check_source(record.data_source)
+                except ValueError as e:
+                    raise ValueError(f"{path}: row {record.index}: {e}") from e
+                sources_ok.add(record.data_source)
             if dedup:
                 key = tuple((message["role"], message["content"]) for message in record.messages)
                 if key in seen:
@@ -90,12 +99,18 @@ def _unique_records(files: Sequence[str], dedup: bool) -> tuple[list[PromptRecor
 
 
 def load_prompt_dataset(
-    files: Sequence[str], tokenizer: PreTrainedTokenizerBase, cfg: DataConfig
+    files: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: DataConfig,
+    *,
+    check_source: Callable[[str], None] | None = None,
 ) -> PromptDataset:
-    """Read, deduplicate (cfg.dedup), tokenize (cfg.template) and length-filter the prompts of `files`."""
+    """Read, deduplicate (cfg.dedup), tokenize (cfg.template) and length-filter the prompts of `files`.
+    `check_source` (e.g. `megatron_s2l.reward.check_data_source`) rejects a row's `data_source` by
+    raising ValueError; the error then names the file and row."""
     if not files:
         raise ValueError("no prompt files given")
-    records, num_duplicates = _unique_records(files, cfg.dedup)
+    records, num_duplicates = _unique_records(files, cfg.dedup, check_source)
     all_ids = encode_prompts([record.messages for record in records], tokenizer, cfg.template)
     kept = [
         (record, ids)

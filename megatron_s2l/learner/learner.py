@@ -43,6 +43,9 @@ class LearnerConfig:
     """The vocabulary is padded to a multiple of this times TP (padded logits are masked)."""
     recompute_activations: bool = False
     """Recompute each layer in backward instead of keeping its activations (saves memory)."""
+    reference_offload: bool = False
+    """With the KL loss: keep the frozen reference weights in host memory and move them onto the GPU
+    only for the once-per-step reference forward (what a 14B run needs)."""
 
     def __post_init__(self) -> None:
         if self.vocab_pad_multiple < 1:
@@ -77,6 +80,50 @@ def load_hf_policy(cfg: LearnerConfig, hf_dir: str | Path) -> LoadedPolicy:
     model = build_gpt_model(arch, tf_config, vocab_pad_multiple=cfg.vocab_pad_multiple)
     load_hf_weights(model, hf_dir, arch)
     return LoadedPolicy(arch, raw, layout, tf_config, model)
+
+
+class ReferencePolicy:
+    """The frozen initial policy the KL loss is measured against: this rank's stage of the base
+    checkpoint, in the learner's TP/PP layout, forward only. With `offload` its weights wait in
+    (pinned) host memory and visit the compute device only for `compute_logprobs`."""
+
+    def __init__(self, cfg: LearnerConfig, arch: Qwen3Arch, hf_dir: str | Path) -> None:
+        from megatron.core.transformer.module import Float16Module
+
+        dtype = cfg.resolved_dtype()
+        tf_config = build_transformer_config(
+            arch, cfg.parallel, params_dtype=dtype, recompute_activations=False
+        )
+        model = build_gpt_model(arch, tf_config, vocab_pad_multiple=cfg.vocab_pad_multiple)
+        load_hf_weights(model, hf_dir, arch)
+        if dtype != torch.float32:
+            model = Float16Module(tf_config, model)
+        self.model = model.eval().requires_grad_(False)
+        self.arch, self.offload = arch, cfg.reference_offload
+        self.micro_batch_size = cfg.parallel.micro_batch_size
+        self.device = next(model.parameters()).device
+        if self.offload:
+            self._move(torch.device("cpu"))
+
+    def _move(self, device: torch.device) -> None:
+        pin = device.type == "cpu" and torch.cuda.is_available()
+        for param in self.model.parameters():
+            data = param.data.to(device, non_blocking=True)
+            param.data = data.pin_memory() if pin else data
+
+    def compute_logprobs(self, batch: TrainBatch, temperature: float) -> torch.Tensor:
+        """Reference log-probs [B, L-1] (fp32, CPU) at `temperature` (collective)."""
+        if self.offload:
+            self._move(self.device)
+        try:
+            logp_1BT, _ = grpo_step.compute_logprobs(
+                self.model, batch, vocab_size=self.arch.vocab_size, temperatures=[temperature],
+                micro_batch_size=self.micro_batch_size,
+            )  # fmt: skip
+        finally:
+            if self.offload:
+                self._move(torch.device("cpu"))
+        return logp_1BT[0]
 
 
 def wrap_for_training(cfg: LearnerConfig, transformer_config, model: torch.nn.Module):
@@ -122,6 +169,7 @@ class Learner:
         loss: LossConfig,
         temperature: float,
         source_dir: Path | None = None,
+        reference: ReferencePolicy | None = None,
     ) -> None:
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -129,7 +177,10 @@ class Learner:
         self.loss, self.temperature = loss, temperature
         self.model, self.optimizer, self.lr_scheduler = model, optimizer, lr_scheduler
         self.source_dir = source_dir
+        self.reference = reference
+        """The frozen base policy of the KL loss (built only when loss.kl_coef > 0)."""
         self.step = 0
+        """Optimizer updates made so far."""
 
     @classmethod
     def from_hf(
@@ -144,30 +195,46 @@ class Learner:
 
         `loss` is the GRPO objective (default `LossConfig()`); `temperature` is the learner engines'
         sampling temperature: logits are divided by it before every log-prob, so that log-probs
-        match the distribution the samples came from."""
+        match the distribution the samples came from. With `loss.kl_coef` > 0 the frozen base
+        policy is loaded beside it (`reference`)."""
+        loss = loss or LossConfig()
         policy = load_hf_policy(cfg, hf_dir)
         model, optimizer, lr_scheduler = wrap_for_training(cfg, policy.transformer_config, policy.model)
+        reference = ReferencePolicy(cfg, policy.arch, hf_dir) if loss.kl_coef > 0 else None
         return cls(
             cfg, policy.arch, policy.raw_hf_config, policy.layout, model, optimizer, lr_scheduler,
-            loss=loss or LossConfig(), temperature=temperature, source_dir=Path(hf_dir),
+            loss=loss, temperature=temperature, source_dir=Path(hf_dir), reference=reference,
         )  # fmt: skip
 
     def compute_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         """Forward-only per-token log-probs [B, L-1] (fp32, CPU) at the configured temperature."""
-        return self.compute_logprobs_and_entropy(batch, with_entropy=False)[0]
+        return self.compute_logprobs_at(batch, [self.temperature])[0]
 
-    def compute_logprobs_and_entropy(
-        self, batch: TrainBatch, *, with_entropy: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Forward-only log-probs and entropies of the next-token distributions, [B, L-1] each."""
+    def compute_logprobs_at(self, batch: TrainBatch, temperatures: list[float]) -> torch.Tensor:
+        """Forward-only log-probs [K, B, L-1] at each of K temperatures, from one forward pass."""
         return grpo_step.compute_logprobs(
-            self.model, batch, vocab_size=self.arch.vocab_size, temperature=self.temperature,
-            micro_batch_size=self.cfg.parallel.micro_batch_size, with_entropy=with_entropy,
+            self.model, batch, vocab_size=self.arch.vocab_size, temperatures=temperatures,
+            micro_batch_size=self.cfg.parallel.micro_batch_size,
+        )[0]  # fmt: skip
+
+    def compute_logprobs_and_entropy(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward-only log-probs and entropies of the next-token distributions, [B, L-1] each."""
+        logp_1BT, entropy_BT = grpo_step.compute_logprobs(
+            self.model, batch, vocab_size=self.arch.vocab_size, temperatures=[self.temperature],
+            micro_batch_size=self.cfg.parallel.micro_batch_size, with_entropy=True,
         )  # fmt: skip
+        return logp_1BT[0], entropy_BT
+
+    def compute_ref_logprobs(self, batch: TrainBatch) -> torch.Tensor:
+        """Log-probs [B, L-1] of the frozen base policy (the KL loss's reference) at the configured
+        temperature; collective, forward only."""
+        if self.reference is None:
+            raise RuntimeError("no reference policy: it is built only when loss.kl_coef > 0")
+        return self.reference.compute_logprobs(batch, self.temperature)
 
     def train_step(self, batch: TrainBatch) -> dict[str, float]:
-        """One optimizer step on the global batch; metrics: loss, pg_loss, clipfrac_*, approx_kl,
-        kl / entropy when enabled, grad_norm, lr, skipped."""
+        """One optimizer update on `batch` (a step's batch or one PPO mini-batch of it); metrics: loss,
+        pg_loss, clipfrac_*, approx_kl, kl / entropy when enabled, grad_norm, lr, skipped."""
         metrics = grpo_step.train_step(
             self.model, self.optimizer, self.lr_scheduler, batch, self.loss,
             vocab_size=self.arch.vocab_size, temperature=self.temperature,

@@ -75,9 +75,10 @@ def _compute(args_dict: dict) -> None:
     batch = TrainBatch(
         input_ids=input_ids, loss_mask=torch.zeros(num_seqs, length - 1), advantages=torch.zeros(num_seqs)
     )
-    logprobs_BT, _ = compute_logprobs(
-        model, batch, vocab_size=arch.vocab_size, temperature=args_dict["temperature"], micro_batch_size=1
+    logprobs_1BT, _ = compute_logprobs(
+        model, batch, vocab_size=arch.vocab_size, temperatures=[args_dict["temperature"]], micro_batch_size=1
     )
+    logprobs_BT = logprobs_1BT[0]
     if dist.get_rank() == 0:
         rows = [logprobs_BT[i, : len(seq) - 1].tolist() for i, seq in enumerate(sequences)]
         Path(args_dict["output"]).write_text(json.dumps(rows))

@@ -12,8 +12,9 @@ num_microbatches * dp: the resulting gradient equals that of one big batch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -102,36 +103,43 @@ def compute_logprobs(
     batch: TrainBatch,
     *,
     vocab_size: int,
-    temperature: float,
+    temperatures: Sequence[float],
     micro_batch_size: int,
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Forward-only log-probs [B, L-1] (and entropies [B, L-1] when `with_entropy`) of the whole
-    batch, fp32 on the CPU, returned on every rank."""
+    """Forward-only log-probs [K, B, L-1] at each of the K `temperatures` (one model forward for all
+    of them) and, when `with_entropy`, the entropies [B, L-1] at the first temperature; fp32 on the
+    CPU, returned on every rank."""
     from megatron.core import parallel_state
 
     def logprobs_fn(micro_batch: TrainBatch, logits_BLV: torch.Tensor):
-        logp_BT, entropy_BT = token_logprobs_from_logits(
-            logits_BLV, micro_batch.input_ids, vocab_size=vocab_size, temperature=temperature,
-            compute_entropy=with_entropy,
-        )  # fmt: skip
-        stats_2BT = torch.stack([logp_BT, entropy_BT if with_entropy else torch.zeros_like(logp_BT)])
-        return logits_BLV.new_zeros(()), {"stats": stats_2BT}
+        stats = []
+        for i, temperature in enumerate(temperatures):
+            logp_BT, entropy_BT = token_logprobs_from_logits(
+                logits_BLV, micro_batch.input_ids, vocab_size=vocab_size, temperature=temperature,
+                compute_entropy=with_entropy and i == 0,
+            )  # fmt: skip
+            stats.append(logp_BT)
+            if entropy_BT is not None:
+                stats.append(entropy_BT)
+        return logits_BLV.new_zeros(()), {"stats": torch.stack(stats)}
 
     outputs = run_schedule(
         model, split_for_this_rank(batch, micro_batch_size), logprobs_fn, forward_only=True
     )
-    stats_2BT = None
+    stats_SBT = None
     if parallel_state.is_pipeline_last_stage():
-        stats_2BT = torch.cat([out["stats"] for out in outputs], dim=1)
+        stats_SBT = torch.cat([out["stats"] for out in outputs], dim=1)
         dp = parallel_state.get_data_parallel_world_size()
         if dp > 1:
-            shards = [torch.empty_like(stats_2BT) for _ in range(dp)]
-            dist.all_gather(shards, stats_2BT, group=parallel_state.get_data_parallel_group())
-            stats_2BT = torch.cat(shards, dim=1)
-        stats_2BT = stats_2BT.cpu()
-    stats_2BT = _broadcast_from_last_stage(stats_2BT)
-    return stats_2BT[0], stats_2BT[1] if with_entropy else None
+            shards = [torch.empty_like(stats_SBT) for _ in range(dp)]
+            dist.all_gather(shards, stats_SBT, group=parallel_state.get_data_parallel_group())
+            stats_SBT = torch.cat(shards, dim=1)
+        stats_SBT = stats_SBT.cpu()
+    stats_SBT = _broadcast_from_last_stage(stats_SBT)
+    if with_entropy:  # rows: logp(T0), entropy(T0), logp(T1), ...
+        return torch.cat([stats_SBT[:1], stats_SBT[2:]]), stats_SBT[1]
+    return stats_SBT, None
 
 
 def _reduce_metrics(outputs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -172,7 +180,10 @@ def train_step(
     micro_batches = split_for_this_rank(batch, micro_batch_size)
     dp = parallel_state.get_data_parallel_world_size()
     scale = len(micro_batches) * dp
-    global_tokens = batch.loss_mask.sum().item()
+    # The global batch's counts (and padded response length) normalise every micro-batch's loss.
+    tokens_B = batch.loss_mask.bool().sum(dim=-1)
+    global_tokens, global_seqs = int(tokens_B.sum()), int((tokens_B > 0).sum())
+    loss_cfg = dataclasses.replace(loss_cfg, norm_len=loss_cfg.norm_len or max(int(tokens_B.max()), 1))
 
     def loss_fn(micro_batch: TrainBatch, logits_BLV: torch.Tensor):
         logp_BT, entropy_BT = token_logprobs_from_logits(
@@ -182,7 +193,7 @@ def train_step(
         loss, metrics = grpo_loss(
             loss_cfg, logp_BT, micro_batch.old_logprobs, micro_batch.advantages, micro_batch.loss_mask,
             ref_logprobs=micro_batch.ref_logprobs, entropy=entropy_BT,
-            global_tokens=global_tokens, global_seqs=batch.num_seqs,
+            global_tokens=global_tokens, global_seqs=global_seqs,
         )  # fmt: skip
         return loss * scale, {"loss": loss.detach(), **metrics}
 

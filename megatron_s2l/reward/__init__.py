@@ -6,6 +6,8 @@ from megatron_s2l.reward.sources import (
     CHOICE_SOURCES,
     DAPO_SOURCE_PREFIX,
     DAPO_SOURCES,
+    GSM8K_SOURCES,
+    check_data_source,
     compute_score,
     wrong_answer_score,
 )
@@ -15,9 +17,11 @@ __all__ = [
     "CHOICE_SOURCES",
     "DAPO_SOURCES",
     "DAPO_SOURCE_PREFIX",
+    "GSM8K_SOURCES",
     "RewardConfig",
     "RewardResult",
     "RewardScorer",
+    "check_data_source",
     "compute_score",
     "wrong_answer_score",
 ]

@@ -5,14 +5,23 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from megatron_s2l.reward.choice import CHOICE_WRONG, score_choice
+from megatron_s2l.reward.gsm8k import GSM8K_WRONG, score_gsm8k
 from megatron_s2l.reward.math_reward import BOXED_WRONG, DAPO_WRONG, score_boxed, score_dapo
 
 ScoreFn = Callable[[str, str], dict[str, float | bool | str]]
 
-DAPO_SOURCES = ("math_dapo", "synthetic_arith")
+# verl's routing (verl.utils.reward_score.default_compute_score) for the names it knows, plus ours
+# (synthetic_arith, math_boxed, commonsense_qa).
+DAPO_SOURCES = ("math_dapo", "math", "math_dapo_reasoning", "synthetic_arith")
 DAPO_SOURCE_PREFIX = "aime"
 """Every source whose name starts with this (aime24, aime_2025, ...) is scored the DAPO way."""
-BOXED_SOURCES = ("math_boxed", "math", "lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval")
+BOXED_SOURCES = (
+    "math_boxed",
+    "lighteval/MATH",
+    "DigitalLearningGmbH/MATH-lighteval",
+    "HuggingFaceH4/MATH-500",
+)
+GSM8K_SOURCES = ("openai/gsm8k",)
 CHOICE_SOURCES = ("commonsense_qa",)
 
 
@@ -22,13 +31,20 @@ def _route(data_source: str) -> tuple[ScoreFn, float]:
         return score_dapo, DAPO_WRONG
     if data_source in BOXED_SOURCES:
         return score_boxed, BOXED_WRONG
+    if data_source in GSM8K_SOURCES:
+        return score_gsm8k, GSM8K_WRONG
     if data_source in CHOICE_SOURCES:
         return score_choice, CHOICE_WRONG
-    known = ", ".join(DAPO_SOURCES + BOXED_SOURCES + CHOICE_SOURCES)
+    known = ", ".join(DAPO_SOURCES + BOXED_SOURCES + GSM8K_SOURCES + CHOICE_SOURCES)
     raise ValueError(
         f"unknown data source {data_source!r}: known sources are {known}, "
         f"and any name starting with {DAPO_SOURCE_PREFIX!r}"
     )
+
+
+def check_data_source(data_source: str) -> None:
+    """Raise ValueError naming the supported sources when no reward function scores `data_source`."""
+    _route(data_source)
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth: str) -> dict[str, float | bool | str]:

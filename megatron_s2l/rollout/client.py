@@ -80,7 +80,6 @@ class RolloutClient:
         size = self.config.batch_size
         chunks = [requests[i : i + size] for i in range(0, len(requests), size)]
         timeout = aiohttp.ClientTimeout(total=self.config.request_timeout_s)
-        # A fresh session per call: asyncio.run() in the sampler gives each call its own event loop.
         async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as session:
             answers = await asyncio.gather(*(self._generate_chunk(session, c, sampling) for c in chunks))
         return [record for chunk in answers for record in chunk]

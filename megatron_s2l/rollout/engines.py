@@ -2,17 +2,28 @@
 
 with RolloutEngines(config.rollout, explorer_model=..., learner_model=...) as engines:
     sampler = engines.build_sampler(t_mix=..., group_size=...)
+    batch = engines.run(sampler.sample(prompts, step))
+
+The engines own the one event loop on which every request of the run is made (`run`): the clients'
+concurrency limits and the pools' failure locks are asyncio primitives, which belong to the loop
+that first waits on them, so a fresh loop per call (`asyncio.run`) breaks them on the second call
+that has to wait.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from megatron_s2l.rollout.client import RolloutClient
 from megatron_s2l.rollout.explorer_cache import ExplorerCache
 from megatron_s2l.rollout.pool import EnginePool
 from megatron_s2l.rollout.sampler import RolloutConfig, S2LGroupSampler
 from megatron_s2l.rollout.tokenizer_check import check_same_tokenizer
+
+T = TypeVar("T")
 
 
 class RolloutEngines:
@@ -30,6 +41,13 @@ class RolloutEngines:
         )
         self.learner = EnginePool("learner", learner_model, config.learner, log_dir)
         self.startup_seconds: dict[str, list[float]] = {}
+        self._runner: asyncio.Runner | None = None
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run `coroutine` to completion on the engines' event loop (the same loop every call)."""
+        if self._runner is None:
+            self._runner = asyncio.Runner()
+        return self._runner.run(coroutine)
 
     def start(self) -> RolloutEngines:
         if self.explorer_model is not None:
@@ -48,6 +66,9 @@ class RolloutEngines:
         for pool in (self.learner, self.explorer):
             if pool is not None:
                 pool.stop()
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
 
     def __enter__(self) -> RolloutEngines:
         return self.start()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
+
+from megatron_s2l.algo.seeds import stable_seed
 
 Source = Literal["explorer", "learner"]
 FinishReason = Literal["stop", "length", "abort"]
@@ -23,9 +24,8 @@ class SampleRequest:
 
 
 def sample_seed(run_seed: int, step: int, source: str, prompt_id: str, index: int) -> int:
-    """A stable 63-bit seed for one sample (Python's hash() changes between processes)."""
-    key = f"{run_seed}/{step}/{source}/{prompt_id}/{index}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+    """A stable 63-bit seed for one sample."""
+    return stable_seed(run_seed, step, source, prompt_id, index)
 
 
 @dataclass(frozen=True, slots=True)

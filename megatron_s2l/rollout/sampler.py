@@ -1,7 +1,10 @@
 """The S2L-PO group sampler: per prompt, G_w explorer and G_s learner samples, both pools at once.
 
     sampler = S2LGroupSampler(explorer_client, learner_client, rollout_config, t_mix=T_MIX, group_size=G)
-    batch = sampler.sample(prompts, step)     # RolloutBatch of complete groups of G
+    batch = engines.run(sampler.sample(prompts, step))   # RolloutBatch of complete groups of G
+
+`sample` is a coroutine: run it on the event loop of the `RolloutEngines` that own the pools
+(`engines.run`), the one loop every client and pool of a run uses.
 
 G_w and G_s come from `megatron_s2l.algo.s2l_split(step, t_mix, group_size)`. Explorer samples come
 from the explorer pool, or from a pre-filled `ExplorerCache` when one is given.
@@ -73,10 +76,7 @@ class S2LGroupSampler:
         self.seed = seed
         """Run seed of per-sample sampling seeds (None: unseeded sampling)."""
 
-    def sample(self, prompts: list[Prompt], step: int) -> RolloutBatch:
-        return asyncio.run(self.sample_async(prompts, step))
-
-    async def sample_async(self, prompts: list[Prompt], step: int) -> RolloutBatch:
+    async def sample(self, prompts: list[Prompt], step: int) -> RolloutBatch:
         g_explorer, g_learner = s2l_split(step, self.t_mix, self.group_size)
         learner_stats_before = self.learner.stats.resent_batches
         explorer_task = self._explorer_samples(prompts, g_explorer, step)

@@ -51,9 +51,15 @@ def _rank_body(rank: int, world_size: int, runs: list[tuple[str, int, int, str]]
         input_ids = _sequences(learner.arch.vocab_size)
         batch = TrainBatch(input_ids=input_ids, loss_mask=torch.ones(4, 12), advantages=torch.zeros(4))
         logprobs, entropy = learner.compute_logprobs_and_entropy(batch)
-        hot_logprobs, _ = compute_logprobs(
-            learner.model, batch, vocab_size=learner.arch.vocab_size, temperature=HOT, micro_batch_size=2
+        both, _ = compute_logprobs(
+            learner.model,
+            batch,
+            vocab_size=learner.arch.vocab_size,
+            temperatures=[1.0, HOT],
+            micro_batch_size=2,
         )
+        assert torch.equal(both[0], logprobs)  # one forward serves several temperatures
+        hot_logprobs = both[1]
         names = [name for name, _ in learner.iter_hf_weights()]
         learner.export_hf(out_dir)
         results.append((logprobs, entropy, hot_logprobs, names, learner.layout.pp_rank))

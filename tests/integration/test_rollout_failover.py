@@ -1,4 +1,5 @@
-"""A learner server killed in the middle of a batch: the batch still comes back complete and correct."""
+"""A learner server killed in the middle of a batch several times the client's limits: the batch
+still comes back complete and correct, and the next batch, on the same event loop, too."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from megatron_s2l.rollout.sampling_params import SamplingConfig
 pytestmark = pytest.mark.slow
 
 NEW_TOKENS = 48
+GROUP = 8
 
 
 def test_killed_learner_server_mid_batch_yields_complete_correct_batch(
@@ -30,10 +32,12 @@ def test_killed_learner_server_mid_batch_yields_complete_correct_batch(
     config = dataclasses.replace(
         rollout_engines.config, learner_sampling=SamplingConfig(temperature=0.0, max_new_tokens=NEW_TOKENS)
     )
-    live = rollout_engines.build_sampler(t_mix=2, group_size=3)
-    sampler = S2LGroupSampler(live.explorer, live.learner, config, t_mix=2, group_size=3)
+    live = rollout_engines.build_sampler(t_mix=2, group_size=GROUP)
+    sampler = S2LGroupSampler(live.explorer, live.learner, config, t_mix=2, group_size=GROUP)
     rng = random.Random()
     prompts = [Prompt(f"k{i}", [rng.randrange(3, 400) for _ in range(5)]) for i in range(8)]
+    limit = config.client.batch_size * config.client.max_concurrency
+    assert GROUP * len(prompts) >= 4 * limit
     server = pool.servers[0]
     old_pid, restarts_before = server.pid, pool.restarts
 
@@ -46,14 +50,17 @@ def test_killed_learner_server_mid_batch_yields_complete_correct_batch(
 
     killer = threading.Thread(target=kill_when_busy)
     killer.start()
-    batch = sampler.sample(prompts, step=3)  # after T_mix: all G = 3 from the learner
+    batch = rollout_engines.run(sampler.sample(prompts, step=3))  # after T_mix: all G from the learner
     killer.join()
+    again = rollout_engines.run(sampler.sample(prompts, step=4))
 
     assert pool.restarts == restarts_before + 1 and server.pid != old_pid and server.is_healthy()
     assert batch.metrics["rollout/learner_resent_batches"] >= 1
-    assert batch.metrics["rollout/learner_samples"] == 3 * len(prompts)
-    for prompt, group in zip(prompts, batch.groups, strict=True):
-        assert sorted(r.sample_index for r in group.records) == [0, 1, 2]
+    assert batch.metrics["rollout/learner_samples"] == GROUP * len(prompts)
+    assert again.metrics["rollout/learner_samples"] == GROUP * len(prompts)
+    for prompt, group, next_group in zip(prompts, batch.groups, again.groups, strict=True):
+        assert sorted(r.sample_index for r in group.records) == list(range(GROUP))
+        assert sorted(r.sample_index for r in next_group.records) == list(range(GROUP))
         expected = hf_greedy(tiny_models["learner"], prompt.input_ids, NEW_TOKENS)
         for record in group.records:
             # EOS may stop a greedy sample early; what was generated must be the greedy prefix.

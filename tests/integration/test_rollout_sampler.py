@@ -30,7 +30,7 @@ def test_sampler_returns_exact_split_at_each_step(rollout_engines: RolloutEngine
     prompts = _prompts(3, seed=random.randrange(10**6))
     for step in (1, 2, 3, T_MIX, T_MIX + 2):
         g_explorer, g_learner = s2l_split(step, T_MIX, GROUP_SIZE)
-        batch = sampler.sample(prompts, step)
+        batch = rollout_engines.run(sampler.sample(prompts, step))
         assert (batch.g_explorer, batch.g_learner) == (g_explorer, g_learner)
         assert [group.prompt_id for group in batch.groups] == [p.prompt_id for p in prompts]
         for prompt, group in zip(prompts, batch.groups, strict=True):
@@ -48,6 +48,27 @@ def test_sampler_returns_exact_split_at_each_step(rollout_engines: RolloutEngine
         assert batch.metrics["rollout/stale_learner_samples"] == 0
 
 
+def test_consecutive_steps_far_past_the_client_limits(rollout_engines: RolloutEngines) -> None:
+    """Each pool gets at least 4x batch_size x max_concurrency samples, in two steps in a row: the
+    concurrency limit has to wait in both, on the engines' one event loop."""
+    client = rollout_engines.config.client
+    limit = client.batch_size * client.max_concurrency
+    sampler = rollout_engines.build_sampler(t_mix=3, group_size=16)
+    prompts = _prompts(8, seed=random.randrange(10**6))
+    for step, (g_w, g_s) in ((2, (8, 8)), (4, (0, 16))):
+        assert s2l_split(step, 3, 16) == (g_w, g_s)
+        assert all(count * len(prompts) >= 4 * limit for count in (g_w, g_s) if count)
+        batch = rollout_engines.run(sampler.sample(prompts, step))
+        assert batch.metrics["rollout/explorer_samples"] == g_w * len(prompts)
+        assert batch.metrics["rollout/learner_samples"] == g_s * len(prompts)
+        for group in batch.groups:
+            assert len(group.records) == 16
+            for source, count in (("explorer", g_w), ("learner", g_s)):
+                assert sorted(r.sample_index for r in group.records if r.source == source) == list(
+                    range(count)
+                )
+
+
 def test_each_sample_comes_from_its_own_model(rollout_engines: RolloutEngines, tiny_models) -> None:
     """An engine's log-probs (temperature 1, no truncation) equal its own model's, not the other's."""
     config = dataclasses.replace(
@@ -57,7 +78,8 @@ def test_each_sample_comes_from_its_own_model(rollout_engines: RolloutEngines, t
     )
     live = rollout_engines.build_sampler(t_mix=3, group_size=4)
     sampler = S2LGroupSampler(live.explorer, live.learner, config, t_mix=3, group_size=4)
-    batch = sampler.sample(_prompts(2, seed=random.randrange(10**6)), step=2)  # G_w = 2, G_s = 2
+    prompts = _prompts(2, seed=random.randrange(10**6))
+    batch = rollout_engines.run(sampler.sample(prompts, step=2))  # G_w = 2, G_s = 2
     for group in batch.groups:
         for record in group.records:
             own = tiny_models[record.source]

@@ -2,8 +2,10 @@
 the schedule's G_w/G_s per step, learner engines re-synced every step while the explorer is never
 touched, finite losses, and exact resume after SIGKILL."""
 
+import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,3 +113,36 @@ def test_resume_after_sigkill_matches_uninterrupted_run(demo, full_run: Path) ->
             assert resumed[step][key] == full[step][key], (step, key)
         assert math.isfinite(resumed[step]["loss/total"])
     assert resumed[2]["data/position"] == full[2]["data/position"] > 0
+
+
+def test_ppo_mini_batches_and_kl_loss_then_changed_base_is_refused(demo, tmp_path: Path) -> None:
+    """The paper's update recipe at demo size: 4 optimizer updates per step over mini-batches of whole
+    groups, the KL loss to the frozen base, and requests far past the client's batch x concurrency."""
+    base = tmp_path / "learner-base"
+    shutil.copytree(demo.learner_dir, base)
+    extra = [
+        f"model.learner={base}", "schedule.prompts_per_step=8", "algo.ppo_mini_batch_prompts=2",
+        "algo.loss.kl_coef=0.001", "learner.parallel.micro_batch_size=4", "checkpoint.every_steps=0",
+        "eval.every_steps=0", "rollout.client.batch_size=2", "rollout.client.max_concurrency=2",
+        # The test's tiny models rarely answer right, so most groups carry no reward signal; the
+        # entropy bonus moves the policy in every update all the same, so the later mini-batches
+        # of a step see ratios away from 1 and the policy away from the reference.
+        "algo.loss.entropy_coef=0.01",
+    ]  # fmt: skip
+    run_dir = tmp_path / "ppo"
+    finish(s2l("train", "--config", "yaml/demo-cpu.yaml", *overrides(demo, tmp_path, "ppo"), *extra))
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    for r in records:
+        assert r["train/updates"] == 4 and r["train/skipped"] == 0
+        assert r["train/approx_kl"] != 0.0  # later mini-batches see a moved policy
+        assert math.isfinite(r["loss/kl"]) and r["loss/kl"] > 0
+        assert r["rollout/learner_samples"] + r["rollout/explorer_samples"] == 8 * GROUP
+
+    # A resume rebuilds the reference from model.learner: a changed base checkpoint is refused.
+    config = json.loads((base / "config.json").read_text())
+    config["rms_norm_eps"] = 2e-6
+    (base / "config.json").write_text(json.dumps(config))
+    proc = s2l("train", "--resume", str(run_dir))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "is not the base checkpoint" in out, out[-2000:]

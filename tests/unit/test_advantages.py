@@ -47,6 +47,23 @@ def test_all_equal_group_has_zero_advantage_and_singletons_are_zero() -> None:
     assert torch.equal(adv, torch.zeros(4))
 
 
+@pytest.mark.parametrize(
+    "rewards",
+    [
+        [-2.2] * 16,  # a non-dyadic constant: float32 statistics gave |A| ~ 0.1-0.2
+        [-1.0 - 0.1 * 0.7] * 16,  # all wrong and truncated, overlong penalty factor 0.1
+        [0.3] * 7,
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_constant_non_dyadic_group_is_exactly_zero(rewards: list[float], dtype: torch.dtype) -> None:
+    both = torch.tensor([*rewards, 1.0, -1.0], dtype=dtype)
+    groups = torch.tensor([0] * len(rewards) + [1, 1])
+    adv = grpo_advantages(both, groups)
+    assert torch.equal(adv[: len(rewards)], torch.zeros(len(rewards)))
+    assert adv.dtype == torch.float32 and adv[-2] > 0 > adv[-1]  # the other group still has signal
+
+
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="equal length"):
         grpo_advantages(torch.zeros(3), torch.zeros(4, dtype=torch.long))

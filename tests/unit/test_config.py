@@ -9,17 +9,50 @@ from megatron_s2l.config import S2LConfig, load_config
 from megatron_s2l.configio import ConfigError, build
 
 ROOT = Path(__file__).resolve().parents[2]
-YAMLS = sorted((ROOT / "yaml").glob("*.yaml"))
+YAMLS = sorted((ROOT / "yaml").rglob("*.yaml"))
 
 
 def test_yaml_folder_is_not_empty() -> None:
     assert YAMLS, "yaml/ holds the run configurations"
 
 
-@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", YAMLS, ids=lambda p: str(p.relative_to(ROOT / "yaml")))
 def test_every_shipped_yaml_loads(path: Path) -> None:
     cfg = load_config(path)
     assert isinstance(cfg, S2LConfig)
+
+
+def test_paper_configs_hold_the_authors_recipe() -> None:
+    """yaml/paper/: the values of the authors' runs (DESIGN.md 7), one config per run."""
+    cfg = load_config(ROOT / "yaml/paper/qwen3-8b-1.7b-s2l.yaml")
+    assert (cfg.schedule.group_size, cfg.schedule.prompts_per_step, cfg.schedule.steps) == (16, 1024, 16)
+    assert cfg.schedule.t_mix == 8 and cfg.algo.ppo_mini_batch_prompts == 32
+    assert cfg.algo.updates_per_step(cfg.schedule.prompts_per_step) == 32
+    loss = cfg.algo.loss
+    assert (loss.clip_low, loss.clip_high, loss.clip_c, loss.agg) == (0.2, 0.2, 3.0, "token-mean")
+    assert (loss.kl_coef, loss.kl_estimator, loss.entropy_coef) == (0.001, "k3", 0.0)
+    assert cfg.algo.norm_adv_by_std
+    opt = cfg.learner.optimizer
+    assert (opt.lr, opt.lr_schedule, opt.weight_decay, opt.grad_clip) == (1e-6, "constant", 0.01, 1.0)
+    assert cfg.data.max_prompt_tokens == 512 and cfg.data.eval_files == ["/data/aime-2024.parquet"]
+    assert (cfg.rollout.learner_sampling.temperature, cfg.rollout.learner_sampling.max_new_tokens) == (
+        1.0,
+        4096,
+    )
+    explorer = cfg.rollout.explorer_sampling
+    assert (explorer.temperature, explorer.top_p, explorer.max_new_tokens) == (0.7, 0.95, 4096)
+    assert "Qwen3-8B-Base" in cfg.model.learner and "Qwen3-1.7B-Base" in cfg.model.explorer
+
+    assert "Qwen3-4B-Base" in load_config(ROOT / "yaml/paper/qwen3-8b-4b-s2l.yaml").model.explorer
+    big = load_config(ROOT / "yaml/paper/qwen3-14b-4b-s2l.yaml")
+    assert (big.schedule.group_size, big.schedule.t_mix, big.algo.ppo_mini_batch_prompts) == (8, 4, 16)
+    assert "Qwen3-14B-Base" in big.model.learner and big.learner.reference_offload
+    grpo = load_config(ROOT / "yaml/paper/qwen3-8b-grpo.yaml")
+    assert grpo.schedule.t_mix == 0 and grpo.model.explorer == ""
+    hot = load_config(ROOT / "yaml/paper/qwen3-8b-hightemp.yaml")
+    assert hot.schedule.t_mix == 0 and hot.rollout.learner_sampling.temperature > 1.0
+    for path in sorted((ROOT / "yaml/paper").glob("*.yaml")):
+        assert path.read_text().startswith("# "), f"{path.name}: a header naming its source"
 
 
 def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
@@ -57,6 +90,19 @@ def test_overrides_and_base_overlay(tmp_path: Path) -> None:
         ("{}\n", ["seed"], r"key\.sub=value"),
         ("seed: 3\n", ["seed.x=1"], r"seed: is not a section"),
         ("base: missing.yaml\n", [], r"no such config file"),
+        ("algo: {ppo_epochs: 0}\n", [], r"algo: ppo_epochs must be >= 1"),
+        ("algo: {dynamic_sampling_metric: score}\n", [], r"algo\.dynamic_sampling_metric: must be one of"),
+        (
+            "schedule: {prompts_per_step: 32}\n",
+            ["algo.ppo_mini_batch_prompts=12"],
+            r"prompts_per_step \(32\) must be a multiple of algo\.ppo_mini_batch_prompts \(12\)",
+        ),
+        (
+            "schedule: {prompts_per_step: 32, group_size: 3}\nranks: 2\n",
+            ["algo.ppo_mini_batch_prompts=1", "learner.parallel.micro_batch_size=2"],
+            r"each optimizer update's 3 sequences .* divisible by data-parallel size \* "
+            r"learner\.parallel\.micro_batch_size \(4\)",
+        ),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, overrides: list[str], match: str) -> None:

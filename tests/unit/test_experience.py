@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_s2l.algo import grpo_advantages
-from megatron_s2l.config import AlgoConfig
+from megatron_s2l.algo import AlgoConfig, grpo_advantages
 from megatron_s2l.data import PromptRecord
 from megatron_s2l.experience import (
+    ScoredGroups,
     build_experience,
     engine_logprob_gaps,
     keep_groups_with_signal,
@@ -97,8 +97,23 @@ def test_dynamic_sampling_and_overlong_shaping(tokenizer, scorer) -> None:
     base = [1.0, -1.0, 1.0, -1.0]
     want = [b + min(-(n - 2) / 2, 0.0) for b, n in zip(base, lengths, strict=True)]
     assert scored.rewards[0] == pytest.approx(want)
-    kept = keep_groups_with_signal(scored)
-    assert [g.prompt_id for g in kept.groups] == ["a"]
+    for metric in ("acc", "reward"):
+        kept = keep_groups_with_signal(scored, metric)
+        assert [g.prompt_id for g in kept.groups] == ["a"]
+
+
+def test_dynamic_sampling_filters_on_accuracy_or_reward(tokenizer) -> None:
+    """All-wrong answers of different lengths under overlong shaping: the rewards differ, the verdicts
+    do not. DAPO's scripts filter on accuracy (drop the group); on reward the group stays."""
+    groups, _ = make_groups(tokenizer)
+    scored = ScoredGroups(
+        groups, rewards=[[1.0, -1.0, 1.0, -1.0], [-1.0, -1.1, -1.0, -1.3]],
+        correct=[[True, False, True, False], [False] * 4], timed_out=0,
+    )  # fmt: skip
+    assert [g.prompt_id for g in keep_groups_with_signal(scored, "acc").groups] == ["a"]
+    kept = keep_groups_with_signal(scored, "reward")
+    assert [g.prompt_id for g in kept.groups] == ["a", "b"]
+    assert kept.rewards[1] == [-1.0, -1.1, -1.0, -1.3]
 
 
 def test_engine_logprob_gaps_by_source(tokenizer, scorer) -> None:
@@ -109,6 +124,8 @@ def test_engine_logprob_gaps_by_source(tokenizer, scorer) -> None:
         pad_id=0,
     )
     learner_logprobs = torch.full(exp.batch.loss_mask.shape, -0.75)
-    gaps = engine_logprob_gaps(exp, learner_logprobs)
-    assert gaps["explorer/engine_minus_learner_logprob"] == pytest.approx(0.25)
+    at_explorer_temperature = torch.full(exp.batch.loss_mask.shape, -1.0)
+    gaps = engine_logprob_gaps(exp, learner_logprobs, at_explorer_temperature)
+    # Each source against the learner at that source's own sampling temperature.
+    assert gaps["explorer/engine_minus_learner_logprob"] == pytest.approx(0.5)
     assert gaps["mismatch/engine_minus_learner_logprob"] == pytest.approx(0.25)

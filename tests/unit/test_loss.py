@@ -24,21 +24,26 @@ def token_loss_reference(logp: float, old: float, adv: float, lo: float, hi: flo
     return loss
 
 
-def aggregate_reference(losses: list[list[float]], mask: list[list[int]], agg: str, horizon: int) -> float:
+def aggregate_reference(losses: list[list[float]], mask: list[list[int]], agg: str) -> float:
+    """verl's agg_loss: seq-mean modes average over the rows with a counted token; the Dr.GRPO
+    horizon is the padded response length (the longest response)."""
     if agg == "token-mean":
         total = sum(
             x * m for row, mrow in zip(losses, mask, strict=True) for x, m in zip(row, mrow, strict=True)
         )
         return total / max(1, sum(map(sum, mask)))
     seq = []
+    horizon = max(1, max(map(sum, mask)))
     for row, mrow in zip(losses, mask, strict=True):
+        if not any(mrow):
+            continue
         s = sum(x * m for x, m in zip(row, mrow, strict=True))
         if agg == "seq-mean-token-mean":
             s /= max(1, sum(mrow))
         elif agg == "seq-mean-token-sum-norm":
             s /= horizon
         seq.append(s)
-    return sum(seq) / len(seq)
+    return sum(seq) / max(1, len(seq))
 
 
 def random_batch(B: int = 6, T: int = 9, seed: int | None = None):
@@ -55,6 +60,7 @@ def random_batch(B: int = 6, T: int = 9, seed: int | None = None):
 @pytest.mark.parametrize("clip_c", [None, 3.0])
 def test_policy_loss_matches_scalar_reference(agg: str, clip_c: float | None) -> None:
     logp, old, adv, mask = random_batch()
+    mask[0] = 0.0  # an all-masked row: it must not count in the seq-mean modes
     loss, metrics = policy_loss(
         logp.float(), old.float(), adv.float(), mask, clip_low=0.2, clip_high=0.28, clip_c=clip_c, agg=agg
     )
@@ -63,7 +69,7 @@ def test_policy_loss_matches_scalar_reference(agg: str, clip_c: float | None) ->
         [token_loss_reference(logp[b, t].item(), old[b, t].item(), adv[b].item(), 0.2, 0.28, clip_c)
          for t in range(T)] for b in range(B)
     ]  # fmt: skip
-    want = aggregate_reference(token_losses, mask.int().tolist(), agg, T)
+    want = aggregate_reference(token_losses, mask.int().tolist(), agg)
     assert loss.item() == pytest.approx(want, rel=1e-5, abs=1e-6)
 
     ratio = (logp - old).exp()
@@ -102,6 +108,7 @@ def test_clip_higher_hand_case() -> None:
 def test_micro_batch_gradients_equal_full_batch(agg: str) -> None:
     """Summing micro-batch losses normalised by the global counts gives the full-batch gradient."""
     logp, old, adv, mask = random_batch(B=8, T=7)
+    mask[3] = 0.0  # an all-masked row (a micro-batch of its own below)
     kwargs = dict(clip_low=0.2, clip_high=0.28, clip_c=3.0, agg=agg, norm_len=7)
     full = logp.clone().requires_grad_()
     policy_loss(full, old, adv, mask, **kwargs)[0].backward()
@@ -111,7 +118,7 @@ def test_micro_batch_gradients_equal_full_batch(agg: str) -> None:
     for rows in (slice(0, 3), slice(3, 4), slice(4, 8)):  # uneven micro-batches
         loss, _ = policy_loss(
             micro[rows], old[rows], adv[rows], mask[rows],
-            global_tokens=mask.sum().item(), global_seqs=mask.shape[0], **kwargs,
+            global_tokens=mask.sum().item(), global_seqs=int((mask.sum(-1) > 0).sum()), **kwargs,
         )  # fmt: skip
         loss.backward()
         total += loss.item()
@@ -131,6 +138,33 @@ def test_micro_batch_without_global_count_differs() -> None:
     for rows in (slice(0, 4), slice(4, 8)):
         policy_loss(micro[rows], old[rows], adv[rows], mask[rows])[0].backward()
     assert not torch.allclose(micro.grad, full.grad)
+
+
+@pytest.mark.parametrize("agg", LOSS_AGG_MODES)
+def test_non_finite_values_in_masked_positions_do_not_reach_the_loss(agg: str) -> None:
+    """Padding may hold -inf (an engine's log-prob) or NaN: selected out, not multiplied by 0."""
+    logp, old, adv, mask = random_batch(seed=11)
+    mask[:, -2:] = 0.0
+    ref = old - 0.1
+    cfg = LossConfig(clip_c=3.0, kl_coef=0.1, entropy_coef=0.01, agg=agg)
+    entropy = torch.rand_like(logp)
+    clean_logp = logp.clone().requires_grad_()
+    clean, _ = grpo_loss(cfg, clean_logp, old, adv, mask, ref_logprobs=ref, entropy=entropy)
+    clean.backward()
+
+    def poison(x: torch.Tensor, value: float) -> torch.Tensor:
+        return torch.where(mask.bool(), x, value)
+
+    dirty_logp = poison(logp, float("-inf")).requires_grad_()
+    dirty, metrics = grpo_loss(
+        cfg, dirty_logp, poison(old, float("nan")), adv, mask,
+        ref_logprobs=poison(ref, float("inf")), entropy=poison(entropy, float("nan")),
+    )  # fmt: skip
+    dirty.backward()
+    assert torch.isfinite(dirty) and dirty.item() == pytest.approx(clean.item(), rel=1e-12)
+    assert all(torch.isfinite(v) for v in metrics.values())
+    assert torch.isfinite(dirty_logp.grad).all()
+    torch.testing.assert_close(dirty_logp.grad, clean_logp.grad, rtol=0, atol=0)
 
 
 def test_kl_estimators_against_formulas() -> None:

@@ -8,7 +8,14 @@ import time
 
 import pytest
 
-from megatron_s2l.reward import RewardConfig, RewardResult, RewardScorer, compute_score, wrong_answer_score
+from megatron_s2l.reward import (
+    RewardConfig,
+    RewardResult,
+    RewardScorer,
+    check_data_source,
+    compute_score,
+    wrong_answer_score,
+)
 from megatron_s2l.reward.normalize import last_boxed_content, normalize_answer
 
 NUM_GPUS = 0
@@ -98,14 +105,17 @@ def test_dapo_math_reward(solution: str, truth: str, acc: bool, pred: str) -> No
     assert result == {"score": 1.0 if acc else -1.0, "acc": acc, "pred": pred}
 
 
-@pytest.mark.parametrize("data_source", ["aime24", "aime_2025", "synthetic_arith"])
+@pytest.mark.parametrize(
+    "data_source", ["math_dapo", "math", "math_dapo_reasoning", "aime24", "aime_2025", "synthetic_arith"]
+)
 def test_dapo_sources_share_the_dapo_reward(data_source: str) -> None:
     assert compute_score(data_source, "Answer: 12", "12") == {"score": 1.0, "acc": True, "pred": "12"}
     assert compute_score(data_source, "12", "12")["score"] == -1.0
 
 
 @pytest.mark.parametrize(
-    "data_source", ["math_boxed", "math", "lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval"]
+    "data_source",
+    ["math_boxed", "lighteval/MATH", "DigitalLearningGmbH/MATH-lighteval", "HuggingFaceH4/MATH-500"],
 )
 @pytest.mark.parametrize(
     ("solution", "truth", "acc", "pred"),
@@ -142,15 +152,36 @@ def test_commonsense_qa_reward(solution: str, truth: str, acc: bool, pred: str) 
     assert compute_score("commonsense_qa", solution, truth) == {"score": float(acc), "acc": acc, "pred": pred}
 
 
+@pytest.mark.parametrize(
+    ("solution", "truth", "acc", "pred"),
+    [
+        ("so 3 + 4 = 7\n#### 7", "7", True, "7"),
+        ("#### 5 first, then #### 1,234", "1234", True, "1234"),  # the last one, commas dropped
+        ("#### -12", "-12", True, "-12"),
+        ("#### $12", "12", False, ""),  # verl's pattern takes no currency sign
+        ("The answer is 7", "7", False, ""),  # no #### line
+        ("#### 7" + "x" * 400, "7", False, ""),  # outside the last 300 characters
+        ("#### 7.0", "7", False, "7.0"),  # verl compares strings
+    ],
+)
+def test_gsm8k_reward_as_verl_scores_it(solution: str, truth: str, acc: bool, pred: str) -> None:
+    assert compute_score("openai/gsm8k", solution, truth) == {"score": float(acc), "acc": acc, "pred": pred}
+
+
 def test_unknown_data_source_names_it_and_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown data source 'gsm8k'.*math_dapo.*commonsense_qa.*'aime'"):
+    with pytest.raises(ValueError, match=r"unknown data source 'gsm8k'.*math_dapo.*openai/gsm8k.*'aime'"):
         compute_score("gsm8k", "Answer: 1", "1")
+    with pytest.raises(ValueError, match="unknown data source 'gsm8k'"):
+        check_data_source("gsm8k")
+    check_data_source("HuggingFaceH4/MATH-500")  # known: no error
 
 
 def test_wrong_answer_score_follows_each_convention() -> None:
     assert wrong_answer_score("math_dapo") == -1.0
     assert wrong_answer_score("aime25") == -1.0
-    assert wrong_answer_score("math") == 0.0
+    assert wrong_answer_score("math") == -1.0  # verl routes "math" to the DAPO reward
+    assert wrong_answer_score("lighteval/MATH") == 0.0
+    assert wrong_answer_score("openai/gsm8k") == 0.0
     assert wrong_answer_score("commonsense_qa") == 0.0
 
 
@@ -213,7 +244,7 @@ def test_scorer_kills_and_replaces_workers_that_run_past_the_limit() -> None:
         second_workers = _worker_pids()
         assert len(second_workers) == 2 and not second_workers & first_workers
 
-        assert scorer.score([("math_dapo", "Answer: 8", "8"), ("math", "\\boxed{9}", "8")]) == [
+        assert scorer.score([("math_dapo", "Answer: 8", "8"), ("math_boxed", "\\boxed{9}", "8")]) == [
             RewardResult(score=1.0, acc=True, pred="8"),
             RewardResult(score=0.0, acc=False, pred="9"),
         ]

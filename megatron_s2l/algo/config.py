@@ -1,0 +1,56 @@
+"""What the GRPO update does with a rollout batch: advantages, the objective, PPO mini-batches and
+epochs, and the DAPO extras. The S2L mixing schedule is configured by `ScheduleConfig` beside it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from megatron_s2l.algo.loss import LossConfig
+
+FilterMetric = Literal["acc", "reward"]
+
+
+@dataclass(kw_only=True, slots=True)
+class AlgoConfig:
+    norm_adv_by_std: bool = True
+    """Divide group-centred rewards by the group std (GRPO); false is Dr.GRPO."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """The policy objective: clipping, aggregation, KL and entropy terms."""
+    ppo_mini_batch_prompts: int = 0
+    """Prompts (whole groups) per optimizer update; 0 = the whole step in one update. The step's
+    batch is cut into prompts_per_step / ppo_mini_batch_prompts updates (verl's ppo_mini_batch_size)."""
+    ppo_epochs: int = 1
+    """Passes over the step's mini-batches (in a new seeded order each pass)."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups that carry no signal and sample more prompts."""
+    dynamic_sampling_metric: FilterMetric = "acc"
+    """What must differ within a group to keep it: `acc` (the verifier's verdict, DAPO's scripts) or
+    `reward` (the shaped score, which overlong shaping can make differ with equal verdicts)."""
+    max_sampling_rounds: int = 10
+    """With dynamic sampling: give up (error) after this many extra generation rounds per step."""
+    overlong_buffer: int = 0
+    """DAPO overlong shaping: penalise the last `overlong_buffer` tokens before max_new_tokens; 0 = off."""
+    overlong_penalty_factor: float = 1.0
+    """Penalty at max_new_tokens (linear from 0 at the buffer's start)."""
+
+    def __post_init__(self) -> None:
+        if self.ppo_mini_batch_prompts < 0:
+            raise ValueError(f"ppo_mini_batch_prompts must be >= 0, got {self.ppo_mini_batch_prompts}")
+        if self.ppo_epochs < 1:
+            raise ValueError(f"ppo_epochs must be >= 1, got {self.ppo_epochs}")
+        if self.dynamic_sampling_metric not in ("acc", "reward"):
+            raise ValueError(
+                f"dynamic_sampling_metric must be 'acc' or 'reward', got {self.dynamic_sampling_metric!r}"
+            )
+        if self.max_sampling_rounds < 1:
+            raise ValueError(f"max_sampling_rounds must be >= 1, got {self.max_sampling_rounds}")
+        if self.overlong_buffer < 0:
+            raise ValueError(f"overlong_buffer must be >= 0, got {self.overlong_buffer}")
+        if self.overlong_penalty_factor < 0:
+            raise ValueError(f"overlong_penalty_factor must be >= 0, got {self.overlong_penalty_factor}")
+
+    def updates_per_step(self, prompts_per_step: int) -> int:
+        """Optimizer updates one rollout step makes (mini-batches x epochs)."""
+        prompts = self.ppo_mini_batch_prompts or prompts_per_step
+        return prompts_per_step // prompts * self.ppo_epochs
