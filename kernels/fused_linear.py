@@ -62,9 +62,13 @@ class FusedLinearLogprobsEntropy(torch.autograd.Function):
             end = min(start + chunk_size, num_tokens)
             logits_CV = hidden_TH[start:end] @ weight_VH[:real].T
             ops.shard_stats(
-                logits_CV, targets_T[start:end], vocab_start, temperature, compute_entropy,
+                logits_CV,
+                targets_T[start:end],
+                vocab_start,
+                temperature,
+                compute_entropy,
                 stats_R4T[rank, :, start:end],
-            )  # fmt: skip
+            )
         all_reduce_stats(stats_R4T, tp_group)
         logp_T, entropy_T, lse_2T = ops.combine(stats_R4T, targets_T, ignore_index, compute_entropy)
         ctx.save_for_backward(hidden_TH, weight_VH, targets_T, lse_2T, entropy_T)
@@ -98,9 +102,17 @@ class FusedLinearLogprobsEntropy(torch.autograd.Function):
             logits_CV = hidden_CH @ weight_RH.T
             grad_entropy_C = None if grad_entropy_T is None else grad_entropy_T[start:end]
             dlogits_CV = ctx.ops.logits_grad(
-                logits_CV, targets_T[start:end], ctx.vocab_start, ctx.temperature, ctx.ignore_index,
-                lse_2T[:, start:end], entropy_T[start:end], grad_logp_T[start:end], grad_entropy_C, logits_CV,
-            )  # fmt: skip
+                logits_CV,
+                targets_T[start:end],
+                ctx.vocab_start,
+                ctx.temperature,
+                ctx.ignore_index,
+                lse_2T[:, start:end],
+                entropy_T[start:end],
+                grad_logp_T[start:end],
+                grad_entropy_C,
+                logits_CV,
+            )
             if need_hidden:
                 torch.mm(dlogits_CV, weight_RH, out=grad_hidden_TH[start:end])
             if accumulate_fp32:
@@ -153,7 +165,16 @@ def fused_linear_logprobs_and_entropy(
     if chunk_size is None:
         chunk_size = default_chunk_size(num_tokens, hidden_TH.shape[1], weight.shape[0])
     logp_T, entropy_T = FusedLinearLogprobsEntropy.apply(
-        hidden_TH, weight, layout.to_rows(targets).long(), float(temperature), tp_group, compute_entropy,
-        ignore_index, max(int(chunk_size), 1), reduce_grad_hidden, vocab_size, select_ops(backend, hidden),
-    )  # fmt: skip
+        hidden_TH,
+        weight,
+        layout.to_rows(targets).long(),
+        float(temperature),
+        tp_group,
+        compute_entropy,
+        ignore_index,
+        max(int(chunk_size), 1),
+        reduce_grad_hidden,
+        vocab_size,
+        select_ops(backend, hidden),
+    )
     return layout.from_rows(logp_T), layout.from_rows(entropy_T) if compute_entropy else None

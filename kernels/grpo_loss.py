@@ -38,9 +38,16 @@ def _apply_grpo_loss(
     # A detached entropy keeps the entropy term out of the backward kernel when it has no weight.
     entropy_in = entropy_BT if cfg.entropy_coef > 0 else entropy_BT.detach()
     loss, metrics = grpo_loss(
-        cfg, logp_BT, old_logprobs, advantages, mask, ref_logprobs=ref_logprobs, entropy=entropy_in,
-        global_tokens=global_tokens, global_seqs=global_seqs,
-    )  # fmt: skip
+        cfg,
+        logp_BT,
+        old_logprobs,
+        advantages,
+        mask,
+        ref_logprobs=ref_logprobs,
+        entropy=entropy_in,
+        global_tokens=global_tokens,
+        global_seqs=global_seqs,
+    )
     return loss, metrics, logp_BT.detach(), entropy_BT.detach()
 
 
@@ -68,9 +75,16 @@ def fused_grpo_loss(
     arguments as in `logprobs_and_entropy`. Returns `GRPOResult`; the loss is differentiable
     w.r.t. the logits only."""
     logp_BT, entropy_BT = logprobs_and_entropy(
-        logits, targets, temperature, tp_group, compute_entropy=True, ignore_index=ignore_index,
-        inplace_backward=inplace_backward, vocab_size=vocab_size, backend=backend,
-    )  # fmt: skip
+        logits,
+        targets,
+        temperature,
+        tp_group,
+        compute_entropy=True,
+        ignore_index=ignore_index,
+        inplace_backward=inplace_backward,
+        vocab_size=vocab_size,
+        backend=backend,
+    )
     return _apply_grpo_loss(
         cfg, logp_BT, entropy_BT, old_logprobs, advantages, mask, ref_logprobs, global_tokens, global_seqs
     )
@@ -100,9 +114,18 @@ def fused_linear_grpo_loss(
     linear op (see `fused_linear_logprobs_and_entropy` for hidden, weight and the TP contract);
     differentiable w.r.t. hidden and weight."""
     logp_BT, entropy_BT = fused_linear_logprobs_and_entropy(
-        hidden, weight, targets, temperature, tp_group, compute_entropy=True, ignore_index=ignore_index,
-        chunk_size=chunk_size, reduce_grad_hidden=reduce_grad_hidden, vocab_size=vocab_size, backend=backend,
-    )  # fmt: skip
+        hidden,
+        weight,
+        targets,
+        temperature,
+        tp_group,
+        compute_entropy=True,
+        ignore_index=ignore_index,
+        chunk_size=chunk_size,
+        reduce_grad_hidden=reduce_grad_hidden,
+        vocab_size=vocab_size,
+        backend=backend,
+    )
     return _apply_grpo_loss(
         cfg, logp_BT, entropy_BT, old_logprobs, advantages, mask, ref_logprobs, global_tokens, global_seqs
     )

@@ -197,9 +197,18 @@ def shard_stats_triton(
     assert logits_TV.stride(1) == 1 and out_4T.stride(1) == 1
     block_v, num_warps = _block_and_warps(vocab)
     _logprobs_fwd_kernel[(num_tokens,)](
-        logits_TV, targets_T, out_4T, vocab, logits_TV.stride(0), out_4T.stride(0), vocab_start,
-        1.0 / temperature, BLOCK_V=block_v, COMPUTE_ENTROPY=compute_entropy, num_warps=num_warps,
-    )  # fmt: skip
+        logits_TV,
+        targets_T,
+        out_4T,
+        vocab,
+        logits_TV.stride(0),
+        out_4T.stride(0),
+        vocab_start,
+        1.0 / temperature,
+        BLOCK_V=block_v,
+        COMPUTE_ENTROPY=compute_entropy,
+        num_warps=num_warps,
+    )
 
 
 def combine_triton(
@@ -211,9 +220,17 @@ def combine_triton(
     logp_T, entropy_T, lse_2T = out_4T[0], out_4T[1], out_4T[2:]
     if num_tokens > 0:
         _logprobs_combine_kernel[(triton.cdiv(num_tokens, BLOCK_T),)](
-            stats_R4T.contiguous(), targets_T, logp_T, entropy_T, lse_2T, num_tokens, num_ranks,
-            ignore_index, BLOCK_T=BLOCK_T, COMPUTE_ENTROPY=compute_entropy,
-        )  # fmt: skip
+            stats_R4T.contiguous(),
+            targets_T,
+            logp_T,
+            entropy_T,
+            lse_2T,
+            num_tokens,
+            num_ranks,
+            ignore_index,
+            BLOCK_T=BLOCK_T,
+            COMPUTE_ENTROPY=compute_entropy,
+        )
     return logp_T, entropy_T, lse_2T
 
 
@@ -237,11 +254,24 @@ def logits_grad_triton(
     block_v, num_warps = _block_and_warps(vocab)
     has_grad_entropy = grad_entropy_T is not None
     _logprobs_bwd_kernel[(num_tokens,)](
-        logits_TV, out_TV, targets_T, lse_2T.contiguous(), entropy_T, grad_logp_T.float().contiguous(),
-        grad_entropy_T.float().contiguous() if has_grad_entropy else entropy_T, num_tokens, vocab,
-        logits_TV.stride(0), out_TV.stride(0), vocab_start, 1.0 / temperature, ignore_index,
-        BLOCK_V=block_v, HAS_GRAD_ENTROPY=has_grad_entropy, num_warps=num_warps,
-    )  # fmt: skip
+        logits_TV,
+        out_TV,
+        targets_T,
+        lse_2T.contiguous(),
+        entropy_T,
+        grad_logp_T.float().contiguous(),
+        grad_entropy_T.float().contiguous() if has_grad_entropy else entropy_T,
+        num_tokens,
+        vocab,
+        logits_TV.stride(0),
+        out_TV.stride(0),
+        vocab_start,
+        1.0 / temperature,
+        ignore_index,
+        BLOCK_V=block_v,
+        HAS_GRAD_ENTROPY=has_grad_entropy,
+        num_warps=num_warps,
+    )
     return out_TV
 
 
@@ -285,9 +315,17 @@ class LogprobsEntropy(torch.autograd.Function):
         out_TV = logits_TV if ctx.inplace_backward else torch.empty_like(logits_TV)
         real = ctx.real_width
         ctx.ops.logits_grad(
-            logits_TV[:, :real], targets_T, ctx.vocab_start, ctx.temperature, ctx.ignore_index, lse_2T,
-            entropy_T, grad_logp_T, grad_entropy_T, out_TV[:, :real],
-        )  # fmt: skip
+            logits_TV[:, :real],
+            targets_T,
+            ctx.vocab_start,
+            ctx.temperature,
+            ctx.ignore_index,
+            lse_2T,
+            entropy_T,
+            grad_logp_T,
+            grad_entropy_T,
+            out_TV[:, :real],
+        )
         out_TV[:, real:] = 0.0
         return out_TV, None, None, None, None, None, None, None, None
 
@@ -320,9 +358,16 @@ def logprobs_and_entropy(
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} disagree")
     logits_TV, layout = flatten_rows(logits)
     logp_T, entropy_T = LogprobsEntropy.apply(
-        logits_TV, layout.to_rows(targets).long(), float(temperature), tp_group, compute_entropy,
-        ignore_index, inplace_backward, vocab_size, select_ops(backend, logits),
-    )  # fmt: skip
+        logits_TV,
+        layout.to_rows(targets).long(),
+        float(temperature),
+        tp_group,
+        compute_entropy,
+        ignore_index,
+        inplace_backward,
+        vocab_size,
+        select_ops(backend, logits),
+    )
     return layout.from_rows(logp_T), layout.from_rows(entropy_T) if compute_entropy else None
 
 

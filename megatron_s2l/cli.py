@@ -5,7 +5,8 @@
     s2l config --reference                               # every key, default and meaning (docs/config.md)
 
 Subcommands that need heavy imports (torch, Megatron, SGLang) live in their own modules and are
-imported only when run, so `s2l schedule` starts instantly.
+imported only when run: `s2l schedule` and `s2l config` import neither Megatron nor SGLang (about
+1 s on a 2-core CPU, most of it importing torch).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import yaml
 
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "plot": ("megatron_s2l.plot", "draw PNG curves of one run, or of several runs on shared axes"),
-    "train": ("megatron_s2l.launch", "run S2L-PO (or GRPO) training from a YAML config, or resume a run"),
-    "demo": ("megatron_s2l.demo_cli", "the CPU demo: build tiny models (cached), train S2L-PO, plot"),
+    "plot": ("megatron_s2l.run.plot", "draw PNG curves of one run, or of several runs on shared axes"),
+    "train": ("megatron_s2l.train_cli", "run S2L-PO (or GRPO) training from a YAML config, or resume a run"),
+    "demo": ("megatron_s2l.demo.cli", "the CPU demo: build tiny models (cached), train S2L-PO, plot"),
     "logprobs": ("megatron_s2l.learner.logprobs_cli", "per-token log-probs of token sequences at a TP x PP"),
     "serve": ("megatron_s2l.rollout.serve_cli", "start SGLang server(s) for a model (CPU stand-ins on CPU)"),
 }
@@ -41,8 +42,14 @@ def _run_schedule(args: argparse.Namespace) -> int:
 
     rows = s2l_schedule(args.steps, args.t_mix, args.group_size)
     if args.json:
-        print(json.dumps([{"step": r.step, "alpha": r.alpha, "g_explorer": r.g_explorer,
-                           "g_learner": r.g_learner} for r in rows]))  # fmt: skip
+        print(
+            json.dumps(
+                [
+                    {"step": r.step, "alpha": r.alpha, "g_explorer": r.g_explorer, "g_learner": r.g_learner}
+                    for r in rows
+                ]
+            )
+        )
         return 0
     print(f"{'step':>6} {'alpha':>8} {'G_w':>5} {'G_s':>5}")
     for r in rows:

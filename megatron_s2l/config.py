@@ -14,7 +14,7 @@ from megatron_s2l.configio import ConfigError, apply_overrides, build, read_yaml
 from megatron_s2l.data import DataConfig
 from megatron_s2l.learner.learner import LearnerConfig
 from megatron_s2l.reward import RewardConfig
-from megatron_s2l.rollout.sampler import RolloutConfig
+from megatron_s2l.rollout.config import RolloutConfig
 from megatron_s2l.sync.weight_sync import SyncConfig
 
 

@@ -17,9 +17,9 @@ import torch.distributed as dist
 
 from megatron_s2l.algo import mean_over_updates, ppo_mini_batch_rows, s2l_split
 from megatron_s2l.config import S2LConfig
-from megatron_s2l.experience import engine_logprob_gaps
 from megatron_s2l.learner.learner import Learner
-from megatron_s2l.run_state import latest_checkpoint, load_run_checkpoint, save_run_checkpoint
+from megatron_s2l.run.checkpoint import latest_checkpoint, load_run_checkpoint, save_run_checkpoint
+from megatron_s2l.run.experience import engine_logprob_gaps
 from megatron_s2l.sync.manifest import read_weight_manifest
 from megatron_s2l.sync.weight_sync import WeightSync, pool_endpoints
 
@@ -44,12 +44,16 @@ def _logprob_temperatures(cfg: S2LConfig, step: int) -> list[float]:
 
 
 def train(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
-    learner = Learner.from_hf(cfg.learner, cfg.model.learner, loss=cfg.algo.loss,
-                              temperature=cfg.rollout.learner_sampling.temperature)  # fmt: skip
+    learner = Learner.from_hf(
+        cfg.learner,
+        cfg.model.learner,
+        loss=cfg.algo.loss,
+        temperature=cfg.rollout.learner_sampling.temperature,
+    )
     is_driver = dist.get_rank() == 0
     driver = None
     if is_driver:
-        from megatron_s2l.driver import Driver
+        from megatron_s2l.run.driver import Driver
 
         driver = Driver(cfg, run_dir)
     try:
@@ -91,16 +95,26 @@ def train(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
             updates = [
                 learner.train_step(batch.select(rows))
                 for rows in ppo_mini_batch_rows(
-                    cfg.schedule.prompts_per_step, cfg.schedule.group_size, cfg.algo.ppo_mini_batch_prompts,
-                    epochs=cfg.algo.ppo_epochs, seed=cfg.seed, step=step,
+                    cfg.schedule.prompts_per_step,
+                    cfg.schedule.group_size,
+                    cfg.algo.ppo_mini_batch_prompts,
+                    epochs=cfg.algo.ppo_epochs,
+                    seed=cfg.seed,
+                    step=step,
                 )
-            ]  # fmt: skip
+            ]
             train_metrics = mean_over_updates(updates)
             metrics["time/train"] = time.perf_counter() - started
 
             result = sync.update(learner.iter_hf_weights(), version=step)
-            metrics.update({"time/sync": result.seconds, "sync/gb_per_s": result.gb_per_s,
-                            "sync/missed_engines": len(result.missed), "weight_version": step})  # fmt: skip
+            metrics.update(
+                {
+                    "time/sync": result.seconds,
+                    "sync/gb_per_s": result.gb_per_s,
+                    "sync/missed_engines": len(result.missed),
+                    "weight_version": step,
+                }
+            )
 
             last = step == cfg.schedule.steps
             if cfg.eval.every_steps and (last or step % cfg.eval.every_steps == 0):

@@ -72,8 +72,10 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, timeout: floa
         while len(outputs) < world_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"ranks {sorted(set(range(world_size)) - outputs.keys())} still "
-                                   f"running after {timeout:.0f} s")  # fmt: skip
+                raise TimeoutError(
+                    f"ranks {sorted(set(range(world_size)) - outputs.keys())} still "
+                    f"running after {timeout:.0f} s"
+                )
             try:
                 rank, ok, out = results.get(timeout=min(remaining, 1.0))
             except queue.Empty:

@@ -43,9 +43,14 @@ def build_learner(args: argparse.Namespace):
     from megatron_s2l.learner.parallel import ParallelConfig, init_distributed
 
     arch = Qwen3Arch(
-        vocab_size=151936, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=40960,
-        tie_word_embeddings=True, **SHAPES[args.shape],  # Qwen3 up to 4B ties its embeddings
-    )  # fmt: skip
+        vocab_size=151936,
+        head_dim=128,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=40960,
+        tie_word_embeddings=True,
+        **SHAPES[args.shape],  # Qwen3 up to 4B ties its embeddings
+    )
     cfg = LearnerConfig(
         parallel=ParallelConfig(
             tensor_parallel=args.tp, pipeline_parallel=args.pp, micro_batch_size=args.micro_batch
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from megatron_s2l.algo.loss import LossConfig
     from megatron_s2l.learner.batch import TrainBatch
-    from megatron_s2l.learner.train_step import train_step
+    from megatron_s2l.learner.grpo_step import train_step
 
     arch, model, optimizer, scheduler = build_learner(args)
     generator = torch.Generator().manual_seed(0)

@@ -6,7 +6,7 @@ warmed up with a short supervised pass through the project's Megatron learner, e
 
 import argparse
 
-from megatron_s2l.demo import prepare_demo
+from megatron_s2l.demo.assets import prepare_demo
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -200,9 +200,16 @@ def grpo_loss(
     entropy_coef > 0 (and logged whenever given)."""
     agg_kwargs = dict(global_tokens=global_tokens, global_seqs=global_seqs, norm_len=cfg.norm_len)
     loss, metrics = policy_loss(
-        logprobs, old_logprobs, advantages, mask,
-        clip_low=cfg.clip_low, clip_high=cfg.clip_high, clip_c=cfg.clip_c, agg=cfg.agg, **agg_kwargs,
-    )  # fmt: skip
+        logprobs,
+        old_logprobs,
+        advantages,
+        mask,
+        clip_low=cfg.clip_low,
+        clip_high=cfg.clip_high,
+        clip_c=cfg.clip_c,
+        agg=cfg.agg,
+        **agg_kwargs,
+    )
     metrics["pg_loss"] = loss.detach()
     if cfg.kl_coef > 0:
         if ref_logprobs is None:

@@ -3,7 +3,6 @@
 from megatron_s2l.data.dataset import DataConfig, PromptDataset, load_prompt_dataset
 from megatron_s2l.data.records import PromptRecord, parse_row, read_prompt_file
 from megatron_s2l.data.sampler import PromptSampler
-from megatron_s2l.data.synthetic import SYNTHETIC_SOURCE, arithmetic_problem, write_arithmetic_dataset
 from megatron_s2l.data.templates import (
     PROMPT_TEMPLATES,
     PromptTemplate,
@@ -14,18 +13,15 @@ from megatron_s2l.data.templates import (
 
 __all__ = [
     "PROMPT_TEMPLATES",
-    "SYNTHETIC_SOURCE",
     "DataConfig",
     "PromptDataset",
     "PromptRecord",
     "PromptSampler",
     "PromptTemplate",
-    "arithmetic_problem",
     "build_dapo_prompt",
     "encode_prompts",
     "load_prompt_dataset",
     "parse_row",
     "read_prompt_file",
     "render_prompt_text",
-    "write_arithmetic_dataset",
 ]

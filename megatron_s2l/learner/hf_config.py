@@ -47,8 +47,9 @@ def read_qwen3_config(hf_dir: str | Path) -> tuple[Qwen3Arch, dict]:
     raw = json.loads(path.read_text())
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"{path}: model_type {model_type!r} is not supported (expected one of "
-                         f"{SUPPORTED_MODEL_TYPES})")  # fmt: skip
+        raise ValueError(
+            f"{path}: model_type {model_type!r} is not supported (expected one of {SUPPORTED_MODEL_TYPES})"
+        )
     if raw.get("attention_bias", False):
         raise ValueError(f"{path}: attention_bias=true is not a Qwen3 dense layout")
     if raw.get("hidden_act", "silu") != "silu":

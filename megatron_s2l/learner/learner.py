@@ -19,8 +19,7 @@ from typing import Literal
 import torch
 
 from megatron_s2l.algo.loss import LossConfig
-from megatron_s2l.learner import checkpoint, export
-from megatron_s2l.learner import train_step as grpo_step
+from megatron_s2l.learner import checkpoint, export, grpo_step
 from megatron_s2l.learner.batch import TrainBatch
 from megatron_s2l.learner.hf_config import Qwen3Arch, build_transformer_config, read_qwen3_config
 from megatron_s2l.learner.hf_loader import load_hf_weights
@@ -117,9 +116,12 @@ class ReferencePolicy:
             self._move(self.device)
         try:
             logp_1BT, _ = grpo_step.compute_logprobs(
-                self.model, batch, vocab_size=self.arch.vocab_size, temperatures=[temperature],
+                self.model,
+                batch,
+                vocab_size=self.arch.vocab_size,
+                temperatures=[temperature],
                 micro_batch_size=self.micro_batch_size,
-            )  # fmt: skip
+            )
         finally:
             if self.offload:
                 self._move(torch.device("cpu"))
@@ -202,9 +204,18 @@ class Learner:
         model, optimizer, lr_scheduler = wrap_for_training(cfg, policy.transformer_config, policy.model)
         reference = ReferencePolicy(cfg, policy.arch, hf_dir) if loss.kl_coef > 0 else None
         return cls(
-            cfg, policy.arch, policy.raw_hf_config, policy.layout, model, optimizer, lr_scheduler,
-            loss=loss, temperature=temperature, source_dir=Path(hf_dir), reference=reference,
-        )  # fmt: skip
+            cfg,
+            policy.arch,
+            policy.raw_hf_config,
+            policy.layout,
+            model,
+            optimizer,
+            lr_scheduler,
+            loss=loss,
+            temperature=temperature,
+            source_dir=Path(hf_dir),
+            reference=reference,
+        )
 
     def compute_logprobs(self, batch: TrainBatch) -> torch.Tensor:
         """Forward-only per-token log-probs [B, L-1] (fp32, CPU) at the configured temperature."""
@@ -213,16 +224,23 @@ class Learner:
     def compute_logprobs_at(self, batch: TrainBatch, temperatures: list[float]) -> torch.Tensor:
         """Forward-only log-probs [K, B, L-1] at each of K temperatures, from one forward pass."""
         return grpo_step.compute_logprobs(
-            self.model, batch, vocab_size=self.arch.vocab_size, temperatures=temperatures,
+            self.model,
+            batch,
+            vocab_size=self.arch.vocab_size,
+            temperatures=temperatures,
             micro_batch_size=self.cfg.parallel.micro_batch_size,
-        )[0]  # fmt: skip
+        )[0]
 
     def compute_logprobs_and_entropy(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward-only log-probs and entropies of the next-token distributions, [B, L-1] each."""
         logp_1BT, entropy_BT = grpo_step.compute_logprobs(
-            self.model, batch, vocab_size=self.arch.vocab_size, temperatures=[self.temperature],
-            micro_batch_size=self.cfg.parallel.micro_batch_size, with_entropy=True,
-        )  # fmt: skip
+            self.model,
+            batch,
+            vocab_size=self.arch.vocab_size,
+            temperatures=[self.temperature],
+            micro_batch_size=self.cfg.parallel.micro_batch_size,
+            with_entropy=True,
+        )
         return logp_1BT[0], entropy_BT
 
     def compute_ref_logprobs(self, batch: TrainBatch) -> torch.Tensor:
@@ -236,10 +254,15 @@ class Learner:
         """One optimizer update on `batch` (a step's batch or one PPO mini-batch of it); metrics: loss,
         pg_loss, clipfrac_*, approx_kl, kl / entropy when enabled, grad_norm, lr, skipped."""
         metrics = grpo_step.train_step(
-            self.model, self.optimizer, self.lr_scheduler, batch, self.loss,
-            vocab_size=self.arch.vocab_size, temperature=self.temperature,
+            self.model,
+            self.optimizer,
+            self.lr_scheduler,
+            batch,
+            self.loss,
+            vocab_size=self.arch.vocab_size,
+            temperature=self.temperature,
             micro_batch_size=self.cfg.parallel.micro_batch_size,
-        )  # fmt: skip
+        )
         if not metrics["skipped"]:
             self.step += 1
         return metrics

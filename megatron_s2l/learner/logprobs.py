@@ -29,6 +29,10 @@ def token_logprobs_from_logits(
     tp_group = parallel_state.get_tensor_model_parallel_group()
     use_group = tp_group if parallel_state.get_tensor_model_parallel_world_size() > 1 else None
     return logprobs_and_entropy(
-        logits_BLV[:, :-1], input_ids_BL[:, 1:], temperature, use_group,
-        compute_entropy=compute_entropy, vocab_size=vocab_size,
-    )  # fmt: skip
+        logits_BLV[:, :-1],
+        input_ids_BL[:, 1:],
+        temperature,
+        use_group,
+        compute_entropy=compute_entropy,
+        vocab_size=vocab_size,
+    )

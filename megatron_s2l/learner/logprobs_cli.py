@@ -28,9 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="where to write the JSON list of log-prob lists")
     parser.add_argument("--temperature", type=float, default=1.0, help="divide logits by this first")
     parser.add_argument(
-        "--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
         help="parameter dtype (auto: bfloat16 with CUDA, float32 on CPU)",
-    )  # fmt: skip
+    )
 
 
 def read_sequences(path: str | Path) -> list[list[int]]:
@@ -57,9 +59,9 @@ def _compute(args_dict: dict) -> None:
     import torch.distributed as dist
 
     from megatron_s2l.learner.batch import TrainBatch
+    from megatron_s2l.learner.grpo_step import compute_logprobs
     from megatron_s2l.learner.learner import LearnerConfig, load_hf_policy
     from megatron_s2l.learner.parallel import ParallelConfig, destroy_distributed
-    from megatron_s2l.learner.train_step import compute_logprobs
 
     cfg = LearnerConfig(
         parallel=ParallelConfig(tensor_parallel=args_dict["tp"], pipeline_parallel=args_dict["pp"]),
@@ -87,9 +89,12 @@ def _compute(args_dict: dict) -> None:
 
 def _spawned_rank(rank: int, world_size: int, port: int, args_dict: dict) -> None:
     os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )  # fmt: skip
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     if not torch.cuda.is_available():  # CPU ranks share the cores instead of each taking all of them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     _compute(args_dict)

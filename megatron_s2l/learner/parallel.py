@@ -119,8 +119,12 @@ def init_distributed(
     if dist.get_rank() == 0:
         logger.info(
             "learner ranks: world %d = TP %d x PP %d x DP %d (%s)",
-            world_size, cfg.tensor_parallel, cfg.pipeline_parallel, dp, dist.get_backend(),
-        )  # fmt: skip
+            world_size,
+            cfg.tensor_parallel,
+            cfg.pipeline_parallel,
+            dp,
+            dist.get_backend(),
+        )
     return ParallelLayout(
         world_size=world_size,
         tp=cfg.tensor_parallel,

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from megatron_s2l.rollout.client import RolloutClient
+from megatron_s2l.rollout.config import RolloutConfig
 from megatron_s2l.rollout.explorer_cache import ExplorerCache
 from megatron_s2l.rollout.pool import EnginePool
-from megatron_s2l.rollout.sampler import RolloutConfig, S2LGroupSampler
+from megatron_s2l.rollout.sampler import S2LGroupSampler
 from megatron_s2l.rollout.tokenizer_check import check_same_tokenizer
 
 T = TypeVar("T")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from megatron_s2l.rollout.launcher import EngineConfig, EngineServer, RouterServer
+from megatron_s2l.rollout.server import EngineConfig, EngineServer, RouterServer
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
     s2l serve --model HF_DIR [--port P] [--tp N] [--num-engines N --router] [--api-key KEY]
 
 On CPU the CPU flags, float32 and the stand-ins of megatron_s2l/rollout/cpu_shims are applied (see
-launcher.py). Prints each server's URL (and the router's) once healthy; Ctrl-C or SIGTERM stops them
+server.py). Prints each server's URL (and the router's) once healthy; Ctrl-C or SIGTERM stops them
 all by their own process groups.
 """
 
@@ -13,8 +13,8 @@ import argparse
 import signal
 import threading
 
-from megatron_s2l.rollout.launcher import EngineConfig
 from megatron_s2l.rollout.pool import EnginePool, EnginePoolConfig
+from megatron_s2l.rollout.server import EngineConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -32,8 +32,8 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-from megatron_s2l.rollout.launcher import http_get_ok
 from megatron_s2l.rollout.pool import EnginePool
+from megatron_s2l.rollout.server import http_get_ok
 from megatron_s2l.sync.buckets import Bucket, iter_buckets
 from megatron_s2l.sync.engine_http import EngineEndpoint, EngineRequestError
 from megatron_s2l.sync.manifest import WeightManifestError, check_against_manifest, read_weight_manifest

@@ -3,7 +3,7 @@ next step exactly, with a warmup + cosine LR schedule: DP=2 with the distributed
 and one rank in bf16 (Megatron's mixed-precision optimizer with fp32 main params, the GPU default).
 Gloo ranks; needs 0 GPUs.
 
-    .venv/bin/python -m pytest tests/integration/test_learner_checkpoint.py
+    .venv/bin/pytest tests/integration/test_learner_checkpoint.py
 """
 
 from __future__ import annotations

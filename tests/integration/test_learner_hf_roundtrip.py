@@ -2,7 +2,7 @@
 exported checkpoint is bit-exact and loads in transformers. Tied and untied embeddings, a single
 file and a sharded index. Needs 0 GPUs.
 
-    .venv/bin/python -m pytest tests/integration/test_learner_hf_roundtrip.py
+    .venv/bin/pytest tests/integration/test_learner_hf_roundtrip.py
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ def _sequences(vocab_size: int) -> torch.Tensor:
 
 def _rank_body(rank: int, world_size: int, runs: list[tuple[str, int, int, str]]) -> list:
     from megatron_s2l.learner.batch import TrainBatch
+    from megatron_s2l.learner.grpo_step import compute_logprobs
     from megatron_s2l.learner.learner import Learner, LearnerConfig
     from megatron_s2l.learner.parallel import ParallelConfig
-    from megatron_s2l.learner.train_step import compute_logprobs
 
     results = []
     for hf_dir, tp, pp, out_dir in runs:

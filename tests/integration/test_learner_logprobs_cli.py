@@ -1,7 +1,7 @@
 """`s2l logprobs` end to end: the command launches its own 2 gloo ranks (TP=2) and writes, for
 sequences of different lengths, the log-probs transformers gives. Needs 0 GPUs.
 
-    .venv/bin/python -m pytest tests/integration/test_learner_logprobs_cli.py
+    .venv/bin/pytest tests/integration/test_learner_logprobs_cli.py
 """
 
 from __future__ import annotations
@@ -25,9 +25,19 @@ def test_cli_logprobs_match_transformers(tiny_qwen3_dirs, tmp_path: Path) -> Non
     sequences = [torch.randint(0, 512, (n,), generator=generator).tolist() for n in (9, 4, 2)]
     (tmp_path / "in.json").write_text(json.dumps(sequences))
     command = [
-        sys.executable, "-m", "megatron_s2l.cli", "logprobs", "--model", str(hf_dir), "--tp", "2",
-        "--input", str(tmp_path / "in.json"), "--output", str(tmp_path / "out.json"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "megatron_s2l.cli",
+        "logprobs",
+        "--model",
+        str(hf_dir),
+        "--tp",
+        "2",
+        "--input",
+        str(tmp_path / "in.json"),
+        "--output",
+        str(tmp_path / "out.json"),
+    ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "out.json").read_text())

@@ -143,9 +143,15 @@ def reference_updates(hf_dir: str, batch, slices: list[slice]) -> tuple[list[dic
         grad_norm = torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         optimizer.step()
         clipped_high = ((ratio > 1 + CLIP_HIGH) & (adv > 0)).float()
-        metrics.append({"loss": loss.item(), "pg_loss": pg_loss.item(), "kl": kl.item(),
-                        "grad_norm": grad_norm.item(),
-                        "clipfrac_high": ((clipped_high * mask).sum() / n).item()})  # fmt: skip
+        metrics.append(
+            {
+                "loss": loss.item(),
+                "pg_loss": pg_loss.item(),
+                "kl": kl.item(),
+                "grad_norm": grad_norm.item(),
+                "clipfrac_high": ((clipped_high * mask).sum() / n).item(),
+            }
+        )
     with torch.no_grad():
         ref_logprobs_after = hf_logprobs(base, batch.input_ids)
     return metrics, dict(model.state_dict()), ref_logprobs_after

@@ -3,7 +3,7 @@ the same metrics and updated weights as TP=1/PP=1/DP=1 on the same global batch,
 (at DP=2) seq-mean-token-mean aggregation. Gloo ranks, tied-embedding tiny Qwen3, so PP=2 also
 exercises the embedding-gradient reduction between the stages. Needs 0 GPUs.
 
-    .venv/bin/python -m pytest tests/integration/test_learner_train_step.py
+    .venv/bin/pytest tests/integration/test_learner_train_step.py
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def _rank_body(rank: int, world_size: int, hf_dir: str, layouts: list[tuple]) ->
     for tp, pp, _, distributed_optimizer, micro_batch_size, agg in layouts:
         cfg = LearnerConfig(
             parallel=ParallelConfig(
-                tensor_parallel=tp, pipeline_parallel=pp, micro_batch_size=micro_batch_size,
+                tensor_parallel=tp,
+                pipeline_parallel=pp,
+                micro_batch_size=micro_batch_size,
                 distributed_optimizer=distributed_optimizer,
             ),
             # adam_eps 1e-3: Adam's first step is ~sign(grad), which turns float32 rounding in
@@ -60,7 +62,7 @@ def _rank_body(rank: int, world_size: int, hf_dir: str, layouts: list[tuple]) ->
             # function of the gradient, so scaling errors still show (grad_norm is compared too).
             optimizer=OptimizerConfig(lr=1e-3, adam_eps=1e-3, grad_clip=1.0),
             vocab_pad_multiple=48,
-        )  # fmt: skip
+        )
         loss = LossConfig(clip_low=0.2, clip_high=0.28, clip_c=3.0, kl_coef=0.1, entropy_coef=0.01, agg=agg)
         learner = Learner.from_hf(cfg, hf_dir, loss=loss, temperature=0.9)
         batch = grpo_batch(learner.arch.vocab_size)

@@ -6,7 +6,7 @@ import pytest
 from rollout_fixtures import live_group_members
 from rollout_reference import engine_greedy
 
-from megatron_s2l.rollout.launcher import RouterServer
+from megatron_s2l.rollout.server import RouterServer
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from megatron_s2l.algo import s2l_split
-from megatron_s2l.demo import DemoRecipe, ModelRecipe, prepare_demo
-from megatron_s2l.metrics import read_metrics
+from megatron_s2l.demo.assets import DemoRecipe, ModelRecipe, prepare_demo
+from megatron_s2l.run.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -26,29 +26,50 @@ STEPS, T_MIX, GROUP = 4, 3, 4
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory):
-    recipe = DemoRecipe(num_train=48, num_eval=4, warmup_batch=8,
-                        explorer=ModelRecipe(2, 64, 128, 2, 1, 3, 3e-3),
-                        learner=ModelRecipe(2, 64, 128, 4, 2, 3, 3e-3))  # fmt: skip
+    recipe = DemoRecipe(
+        num_train=48,
+        num_eval=4,
+        warmup_batch=8,
+        explorer=ModelRecipe(2, 64, 128, 2, 1, 3, 3e-3),
+        learner=ModelRecipe(2, 64, 128, 4, 2, 3, 3e-3),
+    )
     return prepare_demo(tmp_path_factory.mktemp("demo"), recipe)
 
 
 def overrides(demo, run_root: Path, name: str) -> list[str]:
     return [
-        f"name={name}", f"logging.run_dir={run_root}/{{name}}", "logging.tensorboard=false",
-        f"model.learner={demo.learner_dir}", f"model.explorer={demo.explorer_dir}",
-        f"data.train_files=[{demo.train_file}]", f"data.eval_files=[{demo.eval_file}]",
-        f"schedule.steps={STEPS}", f"schedule.t_mix={T_MIX}", f"schedule.group_size={GROUP}",
-        "schedule.prompts_per_step=2", "learner.parallel.micro_batch_size=8",
-        "checkpoint.every_steps=2", "eval.every_steps=2", "eval.samples_per_prompt=2",
-        f"rollout.log_dir={run_root}/{name}-engines", "rollout.learner_sampling.max_new_tokens=12",
+        f"name={name}",
+        f"logging.run_dir={run_root}/{{name}}",
+        "logging.tensorboard=false",
+        f"model.learner={demo.learner_dir}",
+        f"model.explorer={demo.explorer_dir}",
+        f"data.train_files=[{demo.train_file}]",
+        f"data.eval_files=[{demo.eval_file}]",
+        f"schedule.steps={STEPS}",
+        f"schedule.t_mix={T_MIX}",
+        f"schedule.group_size={GROUP}",
+        "schedule.prompts_per_step=2",
+        "learner.parallel.micro_batch_size=8",
+        "checkpoint.every_steps=2",
+        "eval.every_steps=2",
+        "eval.samples_per_prompt=2",
+        f"rollout.log_dir={run_root}/{name}-engines",
+        "rollout.learner_sampling.max_new_tokens=12",
         "rollout.explorer_sampling.max_new_tokens=12",
-    ]  # fmt: skip
+    ]
 
 
 def s2l(*args: str, **kwargs) -> subprocess.Popen:
     cmd = [str(Path(sys.executable).parent / "s2l"), *args]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **kwargs)  # fmt: skip
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
@@ -106,8 +127,14 @@ def test_resume_after_sigkill_matches_uninterrupted_run(demo, full_run: Path) ->
     # is restored bit-exactly: tests/integration/test_learner_checkpoint.py). Sampled tokens, and so
     # rewards and losses, are not: SGLang 0.5.23 honours per-request sampling seeds only with
     # --enable-deterministic-inference, which its CPU (torch_native) attention does not support.
-    exact = ["schedule/g_explorer", "schedule/g_learner", "data/epoch", "data/position", "weight_version",
-             "rollout/learner_weight_version"]  # fmt: skip
+    exact = [
+        "schedule/g_explorer",
+        "schedule/g_learner",
+        "data/epoch",
+        "data/position",
+        "weight_version",
+        "rollout/learner_weight_version",
+    ]
     for step in range(3, STEPS + 1):
         for key in exact:
             assert resumed[step][key] == full[step][key], (step, key)
@@ -121,14 +148,20 @@ def test_ppo_mini_batches_and_kl_loss_then_changed_base_is_refused(demo, tmp_pat
     base = tmp_path / "learner-base"
     shutil.copytree(demo.learner_dir, base)
     extra = [
-        f"model.learner={base}", "schedule.prompts_per_step=8", "algo.ppo_mini_batch_prompts=2",
-        "algo.loss.kl_coef=0.001", "learner.parallel.micro_batch_size=4", "checkpoint.every_steps=0",
-        "eval.every_steps=0", "rollout.client.batch_size=2", "rollout.client.max_concurrency=2",
+        f"model.learner={base}",
+        "schedule.prompts_per_step=8",
+        "algo.ppo_mini_batch_prompts=2",
+        "algo.loss.kl_coef=0.001",
+        "learner.parallel.micro_batch_size=4",
+        "checkpoint.every_steps=0",
+        "eval.every_steps=0",
+        "rollout.client.batch_size=2",
+        "rollout.client.max_concurrency=2",
         # The test's tiny models rarely answer right, so most groups carry no reward signal; the
         # entropy bonus moves the policy in every update all the same, so the later mini-batches
         # of a step see ratios away from 1 and the policy away from the reference.
         "algo.loss.entropy_coef=0.01",
-    ]  # fmt: skip
+    ]
     run_dir = tmp_path / "ppo"
     finish(s2l("train", "--config", "yaml/demo-cpu.yaml", *overrides(demo, tmp_path, "ppo"), *extra))
     records = read_metrics(run_dir)

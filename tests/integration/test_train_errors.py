@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_s2l.tiny import make_tiny_qwen3, make_tokenizer
+from megatron_s2l.demo.tiny import make_tiny_qwen3, make_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -19,24 +19,29 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     make_tiny_qwen3(root / "explorer", tokenizer_dir=learner, tie_word_embeddings=True, seed=2)
     make_tokenizer(root / "other_tok", vocab_size=400, seed=9)
     make_tiny_qwen3(root / "other", tokenizer_dir=root / "other_tok", seed=3)
-    row = {"data_source": "math_dapo", "prompt": [{"role": "user", "content": "1+1?"}],
-           "reward_model": {"ground_truth": "2"}}  # fmt: skip
+    row = {
+        "data_source": "math_dapo",
+        "prompt": [{"role": "user", "content": "1+1?"}],
+        "reward_model": {"ground_truth": "2"},
+    }
     (root / "train.jsonl").write_text(json.dumps(row) + "\n")
     (root / "empty.jsonl").write_text("")
     config = {
-        "name": "err", "model": {"learner": str(learner), "explorer": str(root / "explorer")},
+        "name": "err",
+        "model": {"learner": str(learner), "explorer": str(root / "explorer")},
         "schedule": {"steps": 2, "t_mix": 2, "group_size": 2, "prompts_per_step": 1},
         "data": {"train_files": [str(root / "train.jsonl")], "template": "raw"},
         "logging": {"run_dir": str(root / "runs" / "{name}")},
-    }  # fmt: skip
+    }
     (root / "run.yaml").write_text(json.dumps(config))  # JSON is YAML
     return {"root": root, "config": root / "run.yaml"}
 
 
 def s2l_train(config: Path, *overrides: str) -> subprocess.CompletedProcess:
     s2l = Path(sys.executable).parent / "s2l"
-    return subprocess.run([str(s2l), "train", "--config", str(config), *overrides],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [str(s2l), "train", "--config", str(config), *overrides], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize(
@@ -45,18 +50,35 @@ def s2l_train(config: Path, *overrides: str) -> subprocess.CompletedProcess:
         (["schedule.bogus=1"], "schedule.bogus: unknown key"),
         (["model.learner=/nonexistent/model"], "model.learner: '/nonexistent/model' does not exist"),
         (["model.explorer={root}/other"], "tokenizer"),
-        (["ranks=2", "learner.parallel.tensor_parallel=2", "learner.parallel.pipeline_parallel=1",
-          "model.learner={root}/learner", "learner.parallel.micro_batch_size=1",
-          "schedule.prompts_per_step=1", "schedule.group_size=2", "learner.parallel.pipeline_parallel=3"],
-         "must be a multiple of tensor_parallel * pipeline_parallel"),
-        (["ranks=3", "learner.parallel.tensor_parallel=3", "schedule.group_size=3"],
-         "tensor_parallel=3 does not divide the model's 4 attention heads"),
+        (
+            [
+                "ranks=2",
+                "learner.parallel.tensor_parallel=2",
+                "learner.parallel.pipeline_parallel=1",
+                "model.learner={root}/learner",
+                "learner.parallel.micro_batch_size=1",
+                "schedule.prompts_per_step=1",
+                "schedule.group_size=2",
+                "learner.parallel.pipeline_parallel=3",
+            ],
+            "must be a multiple of tensor_parallel * pipeline_parallel",
+        ),
+        (
+            ["ranks=3", "learner.parallel.tensor_parallel=3", "schedule.group_size=3"],
+            "tensor_parallel=3 does not divide the model's 4 attention heads",
+        ),
         (["data.train_files=[{root}/empty.jsonl]"], "data.train_files[0]: "),
-        (["schedule.t_mix=0", "model.explorer=''", "schedule.group_size=3",
-          "learner.parallel.micro_batch_size=2"],
-         "must be divisible by data-parallel size"),
+        (
+            [
+                "schedule.t_mix=0",
+                "model.explorer=''",
+                "schedule.group_size=3",
+                "learner.parallel.micro_batch_size=2",
+            ],
+            "must be divisible by data-parallel size",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_fails_fast_with_a_named_key(setup, overrides: list[str], message: str) -> None:
     root = setup["root"]
     out = s2l_train(setup["config"], *(o.replace("{root}", str(root)) for o in overrides))

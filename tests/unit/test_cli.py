@@ -23,8 +23,13 @@ def test_schedule_json() -> None:
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert [(r["step"], r["g_explorer"], r["g_learner"]) for r in rows] == [
-        (1, 9, 0), (2, 6, 3), (3, 3, 6), (4, 0, 9), (5, 0, 9), (6, 0, 9),
-    ]  # fmt: skip
+        (1, 9, 0),
+        (2, 6, 3),
+        (3, 3, 6),
+        (4, 0, 9),
+        (5, 0, 9),
+        (6, 0, 9),
+    ]
     assert rows[1]["alpha"] == 2 / 3 and set(rows[0]) == {"step", "alpha", "g_explorer", "g_learner"}
 
 

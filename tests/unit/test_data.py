@@ -22,7 +22,7 @@ from megatron_s2l.data import (
     read_prompt_file,
     render_prompt_text,
 )
-from megatron_s2l.tiny import make_tokenizer
+from megatron_s2l.demo.tiny import make_tokenizer
 
 NUM_GPUS = 0
 

@@ -8,16 +8,16 @@ import torch
 
 from megatron_s2l.algo import AlgoConfig, grpo_advantages
 from megatron_s2l.data import PromptRecord
-from megatron_s2l.experience import (
+from megatron_s2l.demo.tiny import make_tokenizer
+from megatron_s2l.reward import RewardConfig, RewardScorer
+from megatron_s2l.rollout.records import RolloutGroup, RolloutRecord
+from megatron_s2l.run.experience import (
     ScoredGroups,
     build_experience,
     engine_logprob_gaps,
     keep_groups_with_signal,
     score_groups,
 )
-from megatron_s2l.reward import RewardConfig, RewardScorer
-from megatron_s2l.rollout.records import RolloutGroup, RolloutRecord
-from megatron_s2l.tiny import make_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +84,11 @@ def test_loss_mask_covers_exactly_the_response(tokenizer, scorer) -> None:
     for row, rec in enumerate(exp.records):
         seq = rec.prompt_ids + rec.response_ids
         assert exp.batch.input_ids[row, : len(seq)].tolist() == seq
-        predicted = [exp.batch.input_ids[row, t + 1].item() for t in range(exp.batch.loss_mask.shape[1])
-                     if exp.batch.loss_mask[row, t] == 1]  # fmt: skip
+        predicted = [
+            exp.batch.input_ids[row, t + 1].item()
+            for t in range(exp.batch.loss_mask.shape[1])
+            if exp.batch.loss_mask[row, t] == 1
+        ]
         assert predicted == rec.response_ids
 
 
@@ -107,9 +110,11 @@ def test_dynamic_sampling_filters_on_accuracy_or_reward(tokenizer) -> None:
     do not. DAPO's scripts filter on accuracy (drop the group); on reward the group stays."""
     groups, _ = make_groups(tokenizer)
     scored = ScoredGroups(
-        groups, rewards=[[1.0, -1.0, 1.0, -1.0], [-1.0, -1.1, -1.0, -1.3]],
-        correct=[[True, False, True, False], [False] * 4], timed_out=0,
-    )  # fmt: skip
+        groups,
+        rewards=[[1.0, -1.0, 1.0, -1.0], [-1.0, -1.1, -1.0, -1.3]],
+        correct=[[True, False, True, False], [False] * 4],
+        timed_out=0,
+    )
     assert [g.prompt_id for g in keep_groups_with_signal(scored, "acc").groups] == ["a"]
     kept = keep_groups_with_signal(scored, "reward")
     assert [g.prompt_id for g in kept.groups] == ["a", "b"]

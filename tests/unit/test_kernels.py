@@ -1,7 +1,7 @@
 """Parity of `megatron_s2l.kernels.logprobs_and_entropy` (Triton kernels in the interpreter, and the
 torch path) with a float64 full-vocab reference, forward and backward, on fresh random inputs.
 
-    TRITON_INTERPRET=1 .venv/bin/python -m pytest tests/unit/test_kernels*.py -q
+    TRITON_INTERPRET=1 .venv/bin/pytest tests/unit/test_kernels*.py -q
 
 NUM_GPUS = 0. Relative errors are max |error| / max(max |reference|, floor).
 """

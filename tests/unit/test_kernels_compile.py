@@ -3,7 +3,7 @@ and Hopper (sm_90): the interpreter runs the kernels' Python, this checks what t
 accepts (loop-carried types, constexpr globals, masks), for every specialisation the host
 wrappers launch.
 
-    .venv/bin/python -m pytest tests/unit/test_kernels_compile.py -q
+    .venv/bin/pytest tests/unit/test_kernels_compile.py -q
 
 NUM_GPUS = 0. The compilation runs in a child process: the interpreter, set for the other tests,
 would replace the kernels by their Python functions.

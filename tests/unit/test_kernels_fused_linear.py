@@ -2,7 +2,7 @@
 against float64 `hidden @ weight.T` + full-vocab reference, values and gradients of hidden and
 weight, with chunks that do not divide the tokens.
 
-    TRITON_INTERPRET=1 .venv/bin/python -m pytest tests/unit/test_kernels_fused_linear.py -q
+    TRITON_INTERPRET=1 .venv/bin/pytest tests/unit/test_kernels_fused_linear.py -q
 
 NUM_GPUS = 0.
 """
@@ -68,8 +68,9 @@ def test_fused_linear_grpo_loss(backend: str) -> None:
     old = (ref_logp.detach() + 0.4 * torch.randn(batch, seq)).float()
     ref = (ref_logp.detach() + 0.3 * torch.randn(batch, seq)).float()
     adv, mask = torch.randn(batch), (torch.rand(batch, seq) < 0.8).float()
-    ref_loss, _ = grpo_loss(FULL, ref_logp, old.double(), adv.double(), mask, ref_logprobs=ref.double(),
-                            entropy=ref_entropy)  # fmt: skip
+    ref_loss, _ = grpo_loss(
+        FULL, ref_logp, old.double(), adv.double(), mask, ref_logprobs=ref.double(), entropy=ref_entropy
+    )
     ref_grads = torch.autograd.grad(ref_loss, (h64, w64))
     h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     loss, metrics, _, _ = fused_linear_grpo_loss(

@@ -2,7 +2,7 @@
 log-probs differentiated by autograd, in value, metrics and dlogits; and it costs one forward and
 one backward pass over the logits.
 
-    TRITON_INTERPRET=1 .venv/bin/python -m pytest tests/unit/test_kernels_grpo.py -q
+    TRITON_INTERPRET=1 .venv/bin/pytest tests/unit/test_kernels_grpo.py -q
 
 NUM_GPUS = 0.
 """
@@ -48,9 +48,15 @@ def reference_loss(data: dict[str, torch.Tensor], cfg: LossConfig, temperature: 
     x64 = data["logits"].double().requires_grad_()
     logp, entropy = reference_logp_entropy(x64, data["targets"], temperature)
     loss, metrics = grpo_loss(
-        cfg, logp, data["old_logprobs"].double(), data["advantages"].double(), data["mask"],
-        ref_logprobs=data["ref_logprobs"].double(), entropy=entropy, **kwargs,
-    )  # fmt: skip
+        cfg,
+        logp,
+        data["old_logprobs"].double(),
+        data["advantages"].double(),
+        data["mask"],
+        ref_logprobs=data["ref_logprobs"].double(),
+        entropy=entropy,
+        **kwargs,
+    )
     (grad,) = torch.autograd.grad(loss, x64)
     return loss, metrics, grad
 
@@ -58,9 +64,17 @@ def reference_loss(data: dict[str, torch.Tensor], cfg: LossConfig, temperature: 
 def run_fused(data: dict[str, torch.Tensor], cfg: LossConfig, temperature: float, backend: str, **kwargs):
     x = data["logits"].clone().requires_grad_()
     loss, metrics, logp, entropy = fused_grpo_loss(
-        x, data["targets"], data["old_logprobs"], data["advantages"], data["mask"], cfg,
-        ref_logprobs=data["ref_logprobs"], temperature=temperature, backend=backend, **kwargs,
-    )  # fmt: skip
+        x,
+        data["targets"],
+        data["old_logprobs"],
+        data["advantages"],
+        data["mask"],
+        cfg,
+        ref_logprobs=data["ref_logprobs"],
+        temperature=temperature,
+        backend=backend,
+        **kwargs,
+    )
     (grad,) = torch.autograd.grad(loss, x)
     return loss, metrics, grad, logp, entropy
 
@@ -100,9 +114,14 @@ def test_equals_policy_loss_with_per_token_advantages() -> None:
     x64 = data["logits"].double().requires_grad_()
     logp, _ = reference_logp_entropy(x64, data["targets"])
     ref_loss, _ = policy_loss(
-        logp, data["old_logprobs"].double(), data["advantages"].double(), data["mask"],
-        clip_high=0.28, clip_c=3.0, agg="seq-mean-token-mean",
-    )  # fmt: skip
+        logp,
+        data["old_logprobs"].double(),
+        data["advantages"].double(),
+        data["mask"],
+        clip_high=0.28,
+        clip_c=3.0,
+        agg="seq-mean-token-mean",
+    )
     (ref_grad,) = torch.autograd.grad(ref_loss, x64)
     loss, _, grad, _, _ = run_fused(data, cfg, 1.0, "triton")
     assert rel_err(loss, ref_loss, floor=1e-3) < 1e-5

@@ -2,7 +2,7 @@
 the whole vocab gives (values, dlogits shards, fused-linear d_hidden and d_weight shards), for both
 backends, including a row whose logits on one rank are all -inf.
 
-    TRITON_INTERPRET=1 .venv/bin/python -m pytest tests/unit/test_kernels_tp.py -q
+    TRITON_INTERPRET=1 .venv/bin/pytest tests/unit/test_kernels_tp.py -q
 
 NUM_GPUS = 0 (2 CPU processes).
 """
@@ -61,9 +61,17 @@ def compute_all(data: dict[str, torch.Tensor], rank: int, tp_group: dist.Process
 
         x = data["logits"][:, shard].clone().requires_grad_()
         loss, *_ = fused_grpo_loss(
-            x[None], data["targets"][None], data["old"][None], data["adv"], data["mask"][None], FULL,
-            ref_logprobs=data["ref"][None], temperature=0.9, tp_group=tp_group, backend=backend,
-        )  # fmt: skip
+            x[None],
+            data["targets"][None],
+            data["old"][None],
+            data["adv"],
+            data["mask"][None],
+            FULL,
+            ref_logprobs=data["ref"][None],
+            temperature=0.9,
+            tp_group=tp_group,
+            backend=backend,
+        )
         loss.backward()
         out[f"{backend}/loss"], out[f"{backend}/loss_dlogits"] = loss.detach(), x.grad
 

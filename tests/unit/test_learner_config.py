@@ -19,11 +19,21 @@ from megatron_s2l.learner.parallel import ParallelConfig, check_parallel_sizes
 
 # Qwen3-8B's config.json (architecture fields), with rope_theta in the transformers 4.x place.
 QWEN3_8B = {
-    "model_type": "qwen3", "vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 12288,
-    "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
-    "rope_theta": 1000000, "rms_norm_eps": 1e-06, "max_position_embeddings": 40960,
-    "tie_word_embeddings": False, "attention_bias": False, "hidden_act": "silu",
-}  # fmt: skip
+    "model_type": "qwen3",
+    "vocab_size": 151936,
+    "hidden_size": 4096,
+    "intermediate_size": 12288,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "rope_theta": 1000000,
+    "rms_norm_eps": 1e-06,
+    "max_position_embeddings": 40960,
+    "tie_word_embeddings": False,
+    "attention_bias": False,
+    "hidden_act": "silu",
+}
 
 
 @pytest.mark.parametrize(
@@ -94,8 +104,12 @@ def test_train_batch_checks_shapes_and_selects_rows() -> None:
             advantages=torch.zeros(4),
         )
     with pytest.raises(ValueError, match="old_logprobs"):
-        TrainBatch(input_ids=torch.zeros(4, 6, dtype=torch.long), loss_mask=torch.ones(4, 5),
-                   advantages=torch.zeros(4), old_logprobs=torch.zeros(4, 6))  # fmt: skip
+        TrainBatch(
+            input_ids=torch.zeros(4, 6, dtype=torch.long),
+            loss_mask=torch.ones(4, 5),
+            advantages=torch.zeros(4),
+            old_logprobs=torch.zeros(4, 6),
+        )
 
 
 def test_checkpoint_falls_back_to_old_copy(tmp_path: Path) -> None:

@@ -10,9 +10,18 @@ from megatron_s2l.learner.convert import map_megatron_param, merge_shards, read_
 from megatron_s2l.learner.hf_config import Qwen3Arch, padded_vocab_size
 
 ARCH = Qwen3Arch(
-    vocab_size=50, hidden_size=8, intermediate_size=12, num_layers=4, num_heads=8, num_kv_heads=4,
-    head_dim=3, rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=64, tie_word_embeddings=False,
-)  # fmt: skip
+    vocab_size=50,
+    hidden_size=8,
+    intermediate_size=12,
+    num_layers=4,
+    num_heads=8,
+    num_kv_heads=4,
+    head_dim=3,
+    rope_theta=1e6,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=64,
+    tie_word_embeddings=False,
+)
 
 
 class DictSource:
@@ -71,9 +80,13 @@ def test_qkv_is_laid_out_per_query_group() -> None:
     q, k, v = (tensors[f"model.layers.0.self_attn.{p}_proj.weight"] for p in "qkv")
     hd, hpg = ARCH.head_dim, ARCH.heads_per_group
     expected = torch.cat(
-        [torch.cat([q[g * hpg * hd : (g + 1) * hpg * hd], k[g * hd : (g + 1) * hd], v[g * hd : (g + 1) * hd]])
-         for g in range(ARCH.num_kv_heads)]
-    )  # fmt: skip
+        [
+            torch.cat(
+                [q[g * hpg * hd : (g + 1) * hpg * hd], k[g * hd : (g + 1) * hd], v[g * hd : (g + 1) * hd]]
+            )
+            for g in range(ARCH.num_kv_heads)
+        ]
+    )
     assert torch.equal(fused, expected)
     rank1 = read_shard(mapping, source, ARCH, tp_rank=1, tp=2, padded_vocab=64)
     assert torch.equal(rank1, expected[expected.shape[0] // 2 :])  # rank 1 holds query groups 2 and 3

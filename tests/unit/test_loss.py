@@ -66,9 +66,12 @@ def test_policy_loss_matches_scalar_reference(agg: str, clip_c: float | None) ->
     )
     B, T = logp.shape
     token_losses = [
-        [token_loss_reference(logp[b, t].item(), old[b, t].item(), adv[b].item(), 0.2, 0.28, clip_c)
-         for t in range(T)] for b in range(B)
-    ]  # fmt: skip
+        [
+            token_loss_reference(logp[b, t].item(), old[b, t].item(), adv[b].item(), 0.2, 0.28, clip_c)
+            for t in range(T)
+        ]
+        for b in range(B)
+    ]
     want = aggregate_reference(token_losses, mask.int().tolist(), agg)
     assert loss.item() == pytest.approx(want, rel=1e-5, abs=1e-6)
 
@@ -117,9 +120,14 @@ def test_micro_batch_gradients_equal_full_batch(agg: str) -> None:
     total = 0.0
     for rows in (slice(0, 3), slice(3, 4), slice(4, 8)):  # uneven micro-batches
         loss, _ = policy_loss(
-            micro[rows], old[rows], adv[rows], mask[rows],
-            global_tokens=mask.sum().item(), global_seqs=int((mask.sum(-1) > 0).sum()), **kwargs,
-        )  # fmt: skip
+            micro[rows],
+            old[rows],
+            adv[rows],
+            mask[rows],
+            global_tokens=mask.sum().item(),
+            global_seqs=int((mask.sum(-1) > 0).sum()),
+            **kwargs,
+        )
         loss.backward()
         total += loss.item()
     torch.testing.assert_close(micro.grad, full.grad, rtol=1e-12, atol=1e-12)
@@ -157,9 +165,14 @@ def test_non_finite_values_in_masked_positions_do_not_reach_the_loss(agg: str) -
 
     dirty_logp = poison(logp, float("-inf")).requires_grad_()
     dirty, metrics = grpo_loss(
-        cfg, dirty_logp, poison(old, float("nan")), adv, mask,
-        ref_logprobs=poison(ref, float("inf")), entropy=poison(entropy, float("nan")),
-    )  # fmt: skip
+        cfg,
+        dirty_logp,
+        poison(old, float("nan")),
+        adv,
+        mask,
+        ref_logprobs=poison(ref, float("inf")),
+        entropy=poison(entropy, float("nan")),
+    )
     dirty.backward()
     assert torch.isfinite(dirty) and dirty.item() == pytest.approx(clean.item(), rel=1e-12)
     assert all(torch.isfinite(v) for v in metrics.values())

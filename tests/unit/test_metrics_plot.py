@@ -4,8 +4,8 @@ import io
 import json
 from pathlib import Path
 
-from megatron_s2l.metrics import RunLogger, progress_line, read_metrics
-from megatron_s2l.plot import plot_runs
+from megatron_s2l.run.metrics import RunLogger, progress_line, read_metrics
+from megatron_s2l.run.plot import plot_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -13,8 +13,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def log_run(run_dir: Path, steps: range, offset: float = 0.0) -> None:
     logger = RunLogger(run_dir, tensorboard=True, total_steps=6, out=io.StringIO())
     for step in steps:
-        logger.log(step, {"schedule/g_explorer": max(0, 4 - step), "schedule/g_learner": min(8, 4 + step),
-                          "reward/mean": 0.1 * step + offset, "acc/mean": 0.05 * step + offset})  # fmt: skip
+        logger.log(
+            step,
+            {
+                "schedule/g_explorer": max(0, 4 - step),
+                "schedule/g_learner": min(8, 4 + step),
+                "reward/mean": 0.1 * step + offset,
+                "acc/mean": 0.05 * step + offset,
+            },
+        )
     logger.close()
 
 
@@ -39,6 +46,7 @@ def test_plots_are_pngs_for_one_and_two_runs(tmp_path: Path) -> None:
 
 
 def test_progress_line_shows_the_step() -> None:
-    line = progress_line(3, 12, {"schedule/g_explorer": 6, "schedule/g_learner": 2, "acc/explorer": 0.75,
-                                 "time/rollout": 4.25})  # fmt: skip
+    line = progress_line(
+        3, 12, {"schedule/g_explorer": 6, "schedule/g_learner": 2, "acc/explorer": 0.75, "time/rollout": 4.25}
+    )
     assert line.startswith("step 3/12 | G_w/G_s 6/2") and "acc e 75%" in line and "rollout 4.2s" in line

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_s2l.rollout.launcher import CPU_SHIMS_DIR
+from megatron_s2l.rollout.server import CPU_SHIMS_DIR
 
 SGLANG_ROOT = Path(importlib.util.find_spec("sglang").origin).parent  # type: ignore[union-attr, arg-type]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from megatron_s2l.demo.tiny import make_tokenizer
 from megatron_s2l.rollout.explorer_cache import (
     ExplorerCache,
     ExplorerCacheExhaustedError,
@@ -13,7 +14,6 @@ from megatron_s2l.rollout.records import Prompt, RolloutRecord
 from megatron_s2l.rollout.sampler import _assemble_groups
 from megatron_s2l.rollout.sampling_params import SamplingConfig, default_explorer_sampling
 from megatron_s2l.rollout.tokenizer_check import TokenizerMismatchError, check_same_tokenizer
-from megatron_s2l.tiny import make_tokenizer
 
 
 def _record(

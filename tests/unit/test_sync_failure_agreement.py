@@ -36,7 +36,7 @@ def _sender_fails_mid_export(rank: int, world_size: int) -> str:
 
 
 def _controller_cannot_reach_engine(rank: int, world_size: int) -> str:
-    from megatron_s2l.rollout.launcher import find_free_port
+    from megatron_s2l.rollout.server import find_free_port
 
     dead = EngineEndpoint(f"http://127.0.0.1:{find_free_port()}")  # nothing listens there
     sync = WeightSync(

@@ -88,9 +88,11 @@ def keep_groups_with_signal(scored: ScoredGroups, metric: FilterMetric) -> Score
     keep_sample = groups_with_signal(flat, index) if flat.numel() else torch.zeros(0, dtype=torch.bool)
     keep = sorted({int(g) for g in index[keep_sample].tolist()})
     return ScoredGroups(
-        [scored.groups[g] for g in keep], [scored.rewards[g] for g in keep],
-        [scored.correct[g] for g in keep], scored.timed_out,
-    )  # fmt: skip
+        [scored.groups[g] for g in keep],
+        [scored.rewards[g] for g in keep],
+        [scored.correct[g] for g in keep],
+        scored.timed_out,
+    )
 
 
 def build_experience(scored: ScoredGroups, algo: AlgoConfig, pad_id: int) -> Experience:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from megatron_s2l.data import encode_prompts, read_prompt_file, write_arithmetic_dataset
+from megatron_s2l.data import encode_prompts, read_prompt_file
+from megatron_s2l.demo.task import write_arithmetic_dataset
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,7 @@ def prepare_demo(cache_dir: str | Path, recipe: DemoRecipe = DemoRecipe()) -> De
     cache.mkdir(parents=True)
     start = time.perf_counter()
     _write_task(assets, recipe)
-    from megatron_s2l.tiny import make_tiny_qwen3, make_tokenizer
+    from megatron_s2l.demo.tiny import make_tiny_qwen3, make_tokenizer
 
     rows = list(read_prompt_file(assets.train_file))
     corpus = [r.messages[0]["content"] + "\n" + r.extra_info["solution"] for r in rows]
@@ -81,11 +82,18 @@ def prepare_demo(cache_dir: str | Path, recipe: DemoRecipe = DemoRecipe()) -> De
     for name, model in (("explorer", recipe.explorer), ("learner", recipe.learner)):
         init_dir = cache / f"{name}-init"
         make_tiny_qwen3(
-            init_dir, tokenizer_dir=cache / "tokenizer", num_layers=model.num_layers,
-            hidden_size=model.hidden_size, intermediate_size=model.intermediate_size,
-            num_heads=model.num_heads, num_kv_heads=model.num_kv_heads, head_dim=32,
-            tie_word_embeddings=name == "explorer", init_std=0.02, seed=recipe.seed + len(name),
-        )  # fmt: skip
+            init_dir,
+            tokenizer_dir=cache / "tokenizer",
+            num_layers=model.num_layers,
+            hidden_size=model.hidden_size,
+            intermediate_size=model.intermediate_size,
+            num_heads=model.num_heads,
+            num_kv_heads=model.num_kv_heads,
+            head_dim=32,
+            tie_word_embeddings=name == "explorer",
+            init_std=0.02,
+            seed=recipe.seed + len(name),
+        )
         print(f"demo assets: supervised warm-up of the {name} ({model.warmup_steps} steps)", flush=True)
         _run_in_child(_warmup, init_dir, getattr(assets, f"{name}_dir"), assets.train_file, model, recipe)
         shutil.rmtree(init_dir)
@@ -97,8 +105,13 @@ def prepare_demo(cache_dir: str | Path, recipe: DemoRecipe = DemoRecipe()) -> De
 def _write_task(assets: DemoAssets, recipe: DemoRecipe) -> None:
     """Distinct problems, split into held-out eval rows and training rows (disjoint by construction)."""
     every = assets.train_file.with_suffix(".all.jsonl")
-    write_arithmetic_dataset(every, recipe.num_train + recipe.num_eval, seed=recipe.seed,
-                             num_ops=recipe.num_ops, max_operand=recipe.max_operand)  # fmt: skip
+    write_arithmetic_dataset(
+        every,
+        recipe.num_train + recipe.num_eval,
+        seed=recipe.seed,
+        num_ops=recipe.num_ops,
+        max_operand=recipe.max_operand,
+    )
     rows = every.read_text().splitlines(keepends=True)
     assets.eval_file.write_text("".join(rows[: recipe.num_eval]))
     assets.train_file.write_text("".join(rows[recipe.num_eval :]))
@@ -143,9 +156,12 @@ def _warmup(init_dir: Path, out_dir: Path, train_file: Path, model: ModelRecipe,
     prompts = encode_prompts([r.messages for r in rows], tokenizer, "raw")
     responses = [[*tokenizer(r.extra_info["solution"]).input_ids, tokenizer.eos_token_id] for r in rows]
     optimizer = OptimizerConfig(
-        lr=model.warmup_lr, min_lr=model.warmup_lr / 10, lr_schedule="cosine",
-        warmup_steps=model.warmup_steps // 10, decay_steps=model.warmup_steps,
-    )  # fmt: skip
+        lr=model.warmup_lr,
+        min_lr=model.warmup_lr / 10,
+        lr_schedule="cosine",
+        warmup_steps=model.warmup_steps // 10,
+        decay_steps=model.warmup_steps,
+    )
     parallel = ParallelConfig(micro_batch_size=recipe.warmup_batch)
     learner = Learner.from_hf(LearnerConfig(optimizer=optimizer, parallel=parallel), init_dir)
     rng = random.Random(recipe.seed)

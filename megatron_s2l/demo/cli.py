@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 from megatron_s2l.config import load_config
-from megatron_s2l.demo import prepare_demo
-from megatron_s2l.launch import preflight, prepare_run_dir, run_training
-from megatron_s2l.plot import plot_runs
+from megatron_s2l.demo.assets import prepare_demo
+from megatron_s2l.run.plot import plot_runs
+from megatron_s2l.train_cli import preflight, prepare_run_dir, run_training
 
 DEMO_CONFIG = Path("yaml/demo-cpu.yaml")
 BASELINE_CONFIG = Path("yaml/demo-cpu-grpo.yaml")

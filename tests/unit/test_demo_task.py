@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from megatron_s2l.data import SYNTHETIC_SOURCE, arithmetic_problem, read_prompt_file, write_arithmetic_dataset
+from megatron_s2l.data import read_prompt_file
+from megatron_s2l.demo.task import SYNTHETIC_SOURCE, arithmetic_problem, write_arithmetic_dataset
 from megatron_s2l.reward import compute_score
 
 

@@ -116,9 +116,12 @@ def compute_logprobs(
         stats = []
         for i, temperature in enumerate(temperatures):
             logp_BT, entropy_BT = token_logprobs_from_logits(
-                logits_BLV, micro_batch.input_ids, vocab_size=vocab_size, temperature=temperature,
+                logits_BLV,
+                micro_batch.input_ids,
+                vocab_size=vocab_size,
+                temperature=temperature,
                 compute_entropy=with_entropy and i == 0,
-            )  # fmt: skip
+            )
             stats.append(logp_BT)
             if entropy_BT is not None:
                 stats.append(entropy_BT)
@@ -187,14 +190,23 @@ def train_step(
 
     def loss_fn(micro_batch: TrainBatch, logits_BLV: torch.Tensor):
         logp_BT, entropy_BT = token_logprobs_from_logits(
-            logits_BLV, micro_batch.input_ids, vocab_size=vocab_size, temperature=temperature,
+            logits_BLV,
+            micro_batch.input_ids,
+            vocab_size=vocab_size,
+            temperature=temperature,
             compute_entropy=loss_cfg.entropy_coef > 0,
-        )  # fmt: skip
+        )
         loss, metrics = grpo_loss(
-            loss_cfg, logp_BT, micro_batch.old_logprobs, micro_batch.advantages, micro_batch.loss_mask,
-            ref_logprobs=micro_batch.ref_logprobs, entropy=entropy_BT,
-            global_tokens=global_tokens, global_seqs=global_seqs,
-        )  # fmt: skip
+            loss_cfg,
+            logp_BT,
+            micro_batch.old_logprobs,
+            micro_batch.advantages,
+            micro_batch.loss_mask,
+            ref_logprobs=micro_batch.ref_logprobs,
+            entropy=entropy_BT,
+            global_tokens=global_tokens,
+            global_seqs=global_seqs,
+        )
         return loss * scale, {"loss": loss.detach(), **metrics}
 
     model.zero_grad_buffer()

@@ -16,12 +16,12 @@ import torch
 from megatron_s2l.config import S2LConfig
 from megatron_s2l.data import PromptRecord, PromptSampler, load_prompt_dataset
 from megatron_s2l.eval import avg_at_k, pass_at_k
-from megatron_s2l.experience import Experience, build_experience, keep_groups_with_signal, score_groups
-from megatron_s2l.metrics import RunLogger
 from megatron_s2l.reward import RewardScorer, check_data_source
 from megatron_s2l.rollout.client import RolloutClient
 from megatron_s2l.rollout.engines import RolloutEngines
 from megatron_s2l.rollout.records import Prompt, SampleRequest, sample_seed
+from megatron_s2l.run.experience import Experience, build_experience, keep_groups_with_signal, score_groups
+from megatron_s2l.run.metrics import RunLogger
 
 
 class DynamicSamplingError(RuntimeError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from megatron_s2l.metrics import read_metrics
+from megatron_s2l.run.metrics import read_metrics
 
 PLOT_KEYS = (("reward/mean", "reward (all samples)"), ("acc/mean", "accuracy (all samples)"))
 

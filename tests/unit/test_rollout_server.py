@@ -1,4 +1,4 @@
-"""Engine launcher: command line, child environment and config validation (no server started)."""
+"""Engine server start-up: command line, child environment and config validation (no server started)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import time
 
 import pytest
 
-from megatron_s2l.rollout.launcher import (
+from megatron_s2l.rollout.pool import EnginePoolConfig
+from megatron_s2l.rollout.server import (
     CPU_SHIMS_DIR,
     EngineConfig,
     ManagedProcess,
     build_server_command,
     build_server_env,
 )
-from megatron_s2l.rollout.pool import EnginePoolConfig
 
 
 def _flag(cmd: list[str], name: str) -> str:

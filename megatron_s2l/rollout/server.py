@@ -9,7 +9,7 @@ Each server runs in its own session (process group = its PID), so stopping it st
 detokenizer children too, and nothing else. The child also gets PR_SET_PDEATHSIG, and the parent
 stops all servers it started at exit, so no server outlives the trainer.
 
-On CPU (no CUDA in this process) the launcher sets SGLANG_USE_CPU_ENGINE=1, the CPU flags of
+On CPU (no CUDA in this process) this module sets SGLANG_USE_CPU_ENGINE=1, the CPU flags of
 DESIGN.md 3.2 and float32, and puts `cpu_shims/` (see its README) plus the directory that holds the
 server-only torchvision in front of that child's PYTHONPATH only.
 """

@@ -48,15 +48,25 @@ def preflight(cfg: S2LConfig) -> None:
         check_same_tokenizer(cfg.model.explorer, cfg.model.learner)
     arch, _ = read_qwen3_config(cfg.model.learner)
     try:
-        check_parallel_sizes(cfg.learner.parallel, cfg.ranks, num_layers=arch.num_layers,
-                             num_heads=arch.num_heads, num_query_groups=arch.num_kv_heads)  # fmt: skip
+        check_parallel_sizes(
+            cfg.learner.parallel,
+            cfg.ranks,
+            num_layers=arch.num_layers,
+            num_heads=arch.num_heads,
+            num_query_groups=arch.num_kv_heads,
+        )
     except ValueError as e:
         raise ConfigError(f"learner.parallel / ranks: {e}") from e
 
 
 def _rank_main(rank: int, world_size: int, port: int, cfg_dict: dict, run_dir: str, resume: bool) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     from megatron_s2l.train import train
 
     warnings.filterwarnings("ignore", module="megatron")  # TE/Apex fallbacks: expected on CPU
@@ -75,8 +85,13 @@ def run_training(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mp.start_processes(_rank_main, args=(cfg.ranks, port, to_dict(cfg), str(run_dir), resume),
-                       nprocs=cfg.ranks, start_method="spawn", join=True)  # fmt: skip
+    mp.start_processes(
+        _rank_main,
+        args=(cfg.ranks, port, to_dict(cfg), str(run_dir), resume),
+        nprocs=cfg.ranks,
+        start_method="spawn",
+        join=True,
+    )
 
 
 BASE_FINGERPRINT = "learner_base.sha256"
