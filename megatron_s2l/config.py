@@ -15,7 +15,7 @@ from megatron_s2l.data import DataConfig
 from megatron_s2l.learner.learner import LearnerConfig
 from megatron_s2l.reward import RewardConfig
 from megatron_s2l.rollout.config import RolloutConfig
-from megatron_s2l.sync.weight_sync import SyncConfig
+from megatron_s2l.sync.config import SyncConfig
 
 
 @dataclass(kw_only=True, slots=True)

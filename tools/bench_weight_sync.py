@@ -22,9 +22,11 @@ from pathlib import Path
 import torch
 
 from megatron_s2l.demo.tiny import make_tiny_qwen3
-from megatron_s2l.rollout.server import EngineConfig, EngineServer
+from megatron_s2l.rollout.config import EngineConfig
+from megatron_s2l.rollout.server import EngineServer
+from megatron_s2l.sync.config import SyncConfig
 from megatron_s2l.sync.engine_http import EngineEndpoint
-from megatron_s2l.sync.weight_sync import SyncConfig, WeightSync
+from megatron_s2l.sync.weight_sync import WeightSync
 
 
 def measure_memcpy_gb_s(device: str, nbytes: int = 256 * 2**20, repeats: int = 5) -> float:

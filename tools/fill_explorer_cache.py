@@ -20,12 +20,12 @@ from transformers import AutoTokenizer
 
 from megatron_s2l.data.records import read_prompt_file
 from megatron_s2l.data.templates import encode_prompts
-from megatron_s2l.rollout.client import ClientConfig, RolloutClient
+from megatron_s2l.rollout.client import RolloutClient
+from megatron_s2l.rollout.config import ClientConfig, EngineConfig, EnginePoolConfig
 from megatron_s2l.rollout.explorer_cache import ExplorerCache, write_explorer_cache
-from megatron_s2l.rollout.pool import EnginePool, EnginePoolConfig
+from megatron_s2l.rollout.pool import EnginePool
 from megatron_s2l.rollout.records import SampleRequest
 from megatron_s2l.rollout.sampling_params import SamplingConfig
-from megatron_s2l.rollout.server import EngineConfig
 
 
 def main() -> None:

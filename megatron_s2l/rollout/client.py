@@ -17,34 +17,12 @@ from typing import Any
 
 import aiohttp
 
+from megatron_s2l.rollout.config import ClientConfig
 from megatron_s2l.rollout.pool import EnginePool
 from megatron_s2l.rollout.records import RolloutRecord, SampleRequest, Source
 from megatron_s2l.rollout.sampling_params import SamplingConfig
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True, slots=True)
-class ClientConfig:
-    """Request shaping and failure tolerance of the rollout client."""
-
-    max_concurrency: int = 8
-    """HTTP requests in flight per pool at once."""
-    batch_size: int = 8
-    """Samples per `/generate` request."""
-    request_timeout_s: float = 600.0
-    """A request not answered within this is treated as failed (server hung) and re-sent."""
-    max_retries: int = 3
-    """Re-sends of one batch before the call fails."""
-
-    def __post_init__(self) -> None:
-        for name in ("max_concurrency", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.request_timeout_s <= 0:
-            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
 
 
 class GenerationError(RuntimeError):

@@ -1,13 +1,118 @@
-"""The rollout section of the run config: the two engine pools, how each source is sampled, and the
-client's limits."""
+"""The rollout section of the run config: how each engine starts, the two engine pools, how each
+source is sampled, and the client's limits. Only dataclasses: importing the run config needs none of
+the HTTP or SGLang packages."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from megatron_s2l.rollout.client import ClientConfig
-from megatron_s2l.rollout.pool import EnginePoolConfig
 from megatron_s2l.rollout.sampling_params import SamplingConfig, default_explorer_sampling
+
+
+@dataclass(kw_only=True, slots=True)
+class EngineConfig:
+    """How to start one SGLang server (the model path is given separately)."""
+
+    host: str = "127.0.0.1"
+    """Address the server binds to; loopback unless the engines run on other hosts."""
+    port: int = 0
+    """HTTP port; 0 picks a free one."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto` is cuda when this process sees a GPU, else cpu (with the CPU flags and stand-ins)."""
+    tp: int = 1
+    """Tensor-parallel size of the server."""
+    dtype: str = "auto"
+    """SGLang `--dtype`; `auto` means float32 on CPU (SGLang would pick a half dtype there)."""
+    mem_fraction_static: float | None = None
+    """`--mem-fraction-static`; None is SGLang's default on GPU and 0.05 on CPU."""
+    max_total_tokens: int | None = None
+    """`--max-total-tokens` (KV cache size in tokens); None is SGLang's default, 8192 on CPU."""
+    context_length: int | None = None
+    """`--context-length`; None takes the model's."""
+    max_running_requests: int | None = None
+    """`--max-running-requests`; None is SGLang's default, 32 on CPU."""
+    api_key: str | None = None
+    """SGLang `--api-key`; the client and the weight sync send it as a bearer token."""
+    sleep_on_idle: bool = True
+    """`--sleep-on-idle`: an idle scheduler otherwise keeps a core busy."""
+    extra_args: list[str] = field(default_factory=list)
+    """More `sglang.launch_server` flags, passed verbatim."""
+    server_site_dirs: list[str] = field(default_factory=list)
+    """Extra directories put on the server's PYTHONPATH; on CPU `.venv/sglang-cpu-site` is added."""
+    startup_timeout_s: float = 300.0
+    """Seconds to wait for /health after launch before failing (with the log's tail)."""
+    stop_timeout_s: float = 20.0
+    """Seconds between SIGTERM and SIGKILL of the server's process group."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.tp < 1:
+            raise ValueError(f"tp must be >= 1, got {self.tp}")
+        if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static <= 1:
+            raise ValueError(f"mem_fraction_static must be in (0, 1], got {self.mem_fraction_static}")
+        for name in ("max_total_tokens", "context_length", "max_running_requests"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or null, got {value}")
+        if self.startup_timeout_s <= 0:
+            raise ValueError(f"startup_timeout_s must be > 0, got {self.startup_timeout_s}")
+        if self.stop_timeout_s <= 0:
+            raise ValueError(f"stop_timeout_s must be > 0, got {self.stop_timeout_s}")
+
+    def resolved_device(self) -> Literal["cpu", "cuda"]:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(kw_only=True, slots=True)
+class EnginePoolConfig:
+    """The servers of one pool."""
+
+    num_engines: int = 1
+    """How many servers (each of `engine.tp` devices) serve this model."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """How each server is started (ports are picked per server when `engine.port` is 0)."""
+    use_router: bool = False
+    """Also start an `sglang-router` in front of the servers (for external clients; the trainer's
+    client spreads requests itself so that it can re-send a dead server's requests)."""
+    on_failure: Literal["restart", "drop"] = "restart"
+    """`restart` a dead server, or `drop` it while other servers remain (restart the last one)."""
+
+    def __post_init__(self) -> None:
+        if self.num_engines < 1:
+            raise ValueError(f"num_engines must be >= 1, got {self.num_engines}")
+        if self.on_failure not in ("restart", "drop"):
+            raise ValueError(f"on_failure must be 'restart' or 'drop', got {self.on_failure!r}")
+        if self.num_engines > 1 and self.engine.port != 0:
+            raise ValueError("engine.port must be 0 (auto) when num_engines > 1")
+
+
+@dataclass(kw_only=True, slots=True)
+class ClientConfig:
+    """Request shaping and failure tolerance of the rollout client."""
+
+    max_concurrency: int = 8
+    """HTTP requests in flight per pool at once."""
+    batch_size: int = 8
+    """Samples per `/generate` request."""
+    request_timeout_s: float = 600.0
+    """A request not answered within this is treated as failed (server hung) and re-sent."""
+    max_retries: int = 3
+    """Re-sends of one batch before the call fails."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_concurrency", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
 
 
 @dataclass(kw_only=True, slots=True)

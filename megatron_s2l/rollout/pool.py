@@ -12,36 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from megatron_s2l.rollout.server import EngineConfig, EngineServer, RouterServer
+from megatron_s2l.rollout.config import EnginePoolConfig
+from megatron_s2l.rollout.server import EngineServer, RouterServer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(kw_only=True, slots=True)
-class EnginePoolConfig:
-    """The servers of one pool."""
-
-    num_engines: int = 1
-    """How many servers (each of `engine.tp` devices) serve this model."""
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    """How each server is started (ports are picked per server when `engine.port` is 0)."""
-    use_router: bool = False
-    """Also start an `sglang-router` in front of the servers (for external clients; the trainer's
-    client spreads requests itself so that it can re-send a dead server's requests)."""
-    on_failure: Literal["restart", "drop"] = "restart"
-    """`restart` a dead server, or `drop` it while other servers remain (restart the last one)."""
-
-    def __post_init__(self) -> None:
-        if self.num_engines < 1:
-            raise ValueError(f"num_engines must be >= 1, got {self.num_engines}")
-        if self.on_failure not in ("restart", "drop"):
-            raise ValueError(f"on_failure must be 'restart' or 'drop', got {self.on_failure!r}")
-        if self.num_engines > 1 and self.engine.port != 0:
-            raise ValueError("engine.port must be 0 (auto) when num_engines > 1")
 
 
 class EnginePool:

@@ -13,8 +13,8 @@ import argparse
 import signal
 import threading
 
-from megatron_s2l.rollout.pool import EnginePool, EnginePoolConfig
-from megatron_s2l.rollout.server import EngineConfig
+from megatron_s2l.rollout.config import EngineConfig, EnginePoolConfig
+from megatron_s2l.rollout.pool import EnginePool
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,9 +29,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from megatron_s2l.rollout.config import EngineConfig
 
 CPU_SHIMS_DIR = Path(__file__).with_name("cpu_shims")
 # NOTE: PyPI's torchvision (needed by SGLang's imports) breaks `transformers` in any process that
@@ -42,65 +43,6 @@ DEFAULT_SERVER_SITE_DIR = Path(sys.prefix) / "sglang-cpu-site"
 _PR_SET_PDEATHSIG = 1
 _LIVE_PROCESSES: set[ManagedProcess] = set()
 _SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2l-spawner")
-
-
-@dataclass(kw_only=True, slots=True)
-class EngineConfig:
-    """How to start one SGLang server (the model path is given separately)."""
-
-    host: str = "127.0.0.1"
-    """Address the server binds to; loopback unless the engines run on other hosts."""
-    port: int = 0
-    """HTTP port; 0 picks a free one."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """`auto` is cuda when this process sees a GPU, else cpu (with the CPU flags and stand-ins)."""
-    tp: int = 1
-    """Tensor-parallel size of the server."""
-    dtype: str = "auto"
-    """SGLang `--dtype`; `auto` means float32 on CPU (SGLang would pick a half dtype there)."""
-    mem_fraction_static: float | None = None
-    """`--mem-fraction-static`; None is SGLang's default on GPU and 0.05 on CPU."""
-    max_total_tokens: int | None = None
-    """`--max-total-tokens` (KV cache size in tokens); None is SGLang's default, 8192 on CPU."""
-    context_length: int | None = None
-    """`--context-length`; None takes the model's."""
-    max_running_requests: int | None = None
-    """`--max-running-requests`; None is SGLang's default, 32 on CPU."""
-    api_key: str | None = None
-    """SGLang `--api-key`; the client and the weight sync send it as a bearer token."""
-    sleep_on_idle: bool = True
-    """`--sleep-on-idle`: an idle scheduler otherwise keeps a core busy."""
-    extra_args: list[str] = field(default_factory=list)
-    """More `sglang.launch_server` flags, passed verbatim."""
-    server_site_dirs: list[str] = field(default_factory=list)
-    """Extra directories put on the server's PYTHONPATH; on CPU `.venv/sglang-cpu-site` is added."""
-    startup_timeout_s: float = 300.0
-    """Seconds to wait for /health after launch before failing (with the log's tail)."""
-    stop_timeout_s: float = 20.0
-    """Seconds between SIGTERM and SIGKILL of the server's process group."""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port < 65536:
-            raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        if self.tp < 1:
-            raise ValueError(f"tp must be >= 1, got {self.tp}")
-        if self.mem_fraction_static is not None and not 0 < self.mem_fraction_static <= 1:
-            raise ValueError(f"mem_fraction_static must be in (0, 1], got {self.mem_fraction_static}")
-        for name in ("max_total_tokens", "context_length", "max_running_requests"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or null, got {value}")
-        if self.startup_timeout_s <= 0:
-            raise ValueError(f"startup_timeout_s must be > 0, got {self.startup_timeout_s}")
-        if self.stop_timeout_s <= 0:
-            raise ValueError(f"stop_timeout_s must be > 0, got {self.stop_timeout_s}")
-
-    def resolved_device(self) -> Literal["cpu", "cuda"]:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:

@@ -1,5 +1,5 @@
-"""Learner -> learner-engine weight sync: bucket the learner's HF-named tensors, send by transport."""
+"""Learner -> learner-engine weight sync: bucket the learner's HF-named tensors, send by transport.
 
-from megatron_s2l.sync.weight_sync import SyncConfig, SyncResult, WeightSync, WeightSyncError
-
-__all__ = ["SyncConfig", "SyncResult", "WeightSync", "WeightSyncError"]
+See docs/weight_sync.md. Submodules are imported where used (`weight_sync` pulls in the HTTP client);
+`config` holds the run config's section alone.
+"""

@@ -17,12 +17,9 @@ from pathlib import Path
 import pytest
 
 from megatron_s2l.demo.tiny import make_tiny_qwen3, make_tokenizer
-from megatron_s2l.rollout.client import ClientConfig
-from megatron_s2l.rollout.config import RolloutConfig
+from megatron_s2l.rollout.config import ClientConfig, EngineConfig, EnginePoolConfig, RolloutConfig
 from megatron_s2l.rollout.engines import RolloutEngines
-from megatron_s2l.rollout.pool import EnginePoolConfig
 from megatron_s2l.rollout.sampling_params import SamplingConfig
-from megatron_s2l.rollout.server import EngineConfig
 
 SYNC_TRANSPORTS = ("disk", "tensor", "distributed")
 

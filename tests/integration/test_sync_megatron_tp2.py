@@ -30,9 +30,10 @@ def _rank_body(rank: int, world_size: int, hf_dir: str, url: str, disk_dir: str,
     from megatron_s2l.learner.learner import Learner, LearnerConfig
     from megatron_s2l.learner.optimizer import OptimizerConfig
     from megatron_s2l.learner.parallel import ParallelConfig
+    from megatron_s2l.sync.config import SyncConfig
     from megatron_s2l.sync.engine_http import EngineEndpoint
     from megatron_s2l.sync.manifest import read_weight_manifest
-    from megatron_s2l.sync.weight_sync import SyncConfig, WeightSync
+    from megatron_s2l.sync.weight_sync import WeightSync
 
     cfg = LearnerConfig(parallel=ParallelConfig(tensor_parallel=2), optimizer=OptimizerConfig(lr=0.05))
     learner = Learner.from_hf(cfg, hf_dir, temperature=1.0)  # the engine's log-probs are at temperature 1

@@ -23,7 +23,8 @@ from rollout_reference import (
 )
 
 from megatron_s2l.rollout.engines import RolloutEngines
-from megatron_s2l.sync.weight_sync import SyncConfig, WeightSync, WeightSyncError, pool_endpoints
+from megatron_s2l.sync.config import SyncConfig
+from megatron_s2l.sync.weight_sync import WeightSync, WeightSyncError, pool_endpoints
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,7 @@
 """Config loading: every shipped YAML loads; bad input names the file and the key."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,15 @@ def test_build_defaults_and_int_accepted_for_float() -> None:
 def test_docs_config_reference_is_current() -> None:
     """docs/config.md is generated; regenerate with `s2l config --reference > docs/config.md`."""
     assert (ROOT / "docs" / "config.md").read_text() == config_reference()
+
+
+def test_config_imports_without_the_http_and_engine_packages() -> None:
+    """The run config is plain dataclasses: `s2l config` works where aiohttp, requests and SGLang are
+    absent (they were imported through the rollout and sync modules before)."""
+    code = (
+        "import sys\n"
+        "for name in ('aiohttp', 'requests', 'sglang'):\n"
+        "    sys.modules[name] = None  # importing it now raises ImportError\n"
+        "import megatron_s2l.config\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT / "tests")

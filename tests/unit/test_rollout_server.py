@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from megatron_s2l.rollout.pool import EnginePoolConfig
+from megatron_s2l.rollout.config import EnginePoolConfig
 from megatron_s2l.rollout.server import (
     CPU_SHIMS_DIR,
     EngineConfig,

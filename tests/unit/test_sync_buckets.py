@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from megatron_s2l.sync.buckets import iter_buckets
-from megatron_s2l.sync.weight_sync import SyncConfig
+from megatron_s2l.sync.config import SyncConfig
 
 
 def test_buckets_keep_order_and_size_bound() -> None:

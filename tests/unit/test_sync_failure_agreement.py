@@ -8,8 +8,9 @@ import torch
 import torch.distributed as dist
 from distributed_utils import run_ranks
 
+from megatron_s2l.sync.config import SyncConfig
 from megatron_s2l.sync.engine_http import EngineEndpoint
-from megatron_s2l.sync.weight_sync import SyncConfig, WeightSync, WeightSyncError
+from megatron_s2l.sync.weight_sync import WeightSync, WeightSyncError
 
 
 def _collective_export(names: list[str]):
