@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from megatron_s2l.configio import ConfigError
+    from megatron_s2l.logs import configure_logging
 
+    configure_logging()
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     if argv and argv[0] in _COMMANDS:  # heavy subcommands declare their own arguments

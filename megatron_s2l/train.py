@@ -11,7 +11,6 @@ logs). The driver broadcasts each step's TrainBatch, so the learner code is SPMD
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch.distributed as dist
 
@@ -20,6 +19,7 @@ from megatron_s2l.config import S2LConfig
 from megatron_s2l.learner.learner import Learner
 from megatron_s2l.run.checkpoint import latest_checkpoint, load_run_checkpoint, save_run_checkpoint
 from megatron_s2l.run.experience import engine_logprob_gaps
+from megatron_s2l.run.rundir import RunDir
 from megatron_s2l.sync.manifest import read_weight_manifest
 from megatron_s2l.sync.weight_sync import WeightSync, pool_endpoints
 
@@ -43,7 +43,8 @@ def _logprob_temperatures(cfg: S2LConfig, step: int) -> list[float]:
     return [learner_t, explorer_t] if mixing and explorer_t != learner_t else [learner_t]
 
 
-def train(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
+def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
+    cfg = run.resolve(cfg)  # engine logs, sync scratch: inside the run directory unless set
     learner = Learner.from_hf(
         cfg.learner,
         cfg.model.learner,
@@ -55,7 +56,8 @@ def train(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
     if is_driver:
         from megatron_s2l.run.driver import Driver
 
-        driver = Driver(cfg, run_dir)
+        driver = Driver(cfg, run)
+        driver.log_summary(learner.layout)
     try:
         layout = learner.layout
         sync = WeightSync(
@@ -69,13 +71,15 @@ def train(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
             manifest=read_weight_manifest(cfg.model.learner),  # every sender checks its tensors
         )
         start = 1
-        checkpoint = latest_checkpoint(run_dir) if resume else None
+        checkpoint = latest_checkpoint(run.checkpoints) if resume else None
         if checkpoint is not None:
             loop = load_run_checkpoint(checkpoint, learner)
             start = loop["step"] + 1
             if driver:
                 driver.load_state_dict(loop["driver"])
             sync.update(learner.iter_hf_weights(), version=loop["step"])  # engines start from the base model
+        if resume and driver:  # steps after the checkpoint run again: their old records go
+            driver.logger.keep_steps_through(start - 1 if start > 1 else -1)
         if start == 1 and cfg.eval.every_steps and driver:  # the starting point of the eval curve
             driver.logger.log(0, driver.evaluate(0))
         for step in range(start, cfg.schedule.steps + 1):
@@ -129,7 +133,7 @@ def train(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
             # After logging: a run killed in between re-runs (and re-logs) this step on resume.
             if last or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
                 loop_state = {"driver": driver.state_dict()} if driver else None
-                save_run_checkpoint(run_dir, step, learner, loop_state, cfg.checkpoint.keep_last)
+                save_run_checkpoint(run.checkpoints, step, learner, loop_state, cfg.checkpoint.keep_last)
     finally:
         if driver:
             driver.close()

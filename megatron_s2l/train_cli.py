@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import traceback
-import warnings
 from pathlib import Path
 
 import yaml
 from megatron_s2l.config import S2LConfig, load_config
 from megatron_s2l.configio import ConfigError, build, to_dict
+from megatron_s2l.logs import configure_logging
+from megatron_s2l.run.rundir import RunDir
 
 
 def preflight(cfg: S2LConfig) -> None:
     """Everything that can be checked before a rank or server starts, with errors naming the key."""
-    from megatron_s2l.data import read_prompt_file
     from megatron_s2l.learner.hf_config import read_qwen3_config
     from megatron_s2l.learner.parallel import check_parallel_sizes
     from megatron_s2l.rollout.tokenizer_check import check_same_tokenizer
@@ -36,11 +35,6 @@ def preflight(cfg: S2LConfig) -> None:
             raise ConfigError(f"{key}: {path!r} does not exist")
     if not cfg.data.train_files:
         raise ConfigError("data.train_files: no training prompts given")
-    for i, path in enumerate(cfg.data.train_files):
-        try:  # the first row: an empty or malformed file fails here, not after the servers start
-            next(read_prompt_file(path))
-        except (ValueError, StopIteration) as e:
-            raise ConfigError(f"data.train_files[{i}]: {e or f'{path} holds no prompts'}") from e
     for key, path in paths[:2] if cfg.schedule.t_mix > 0 else paths[:1]:
         if not (Path(path) / "config.json").is_file():
             raise ConfigError(f"{key}: {path!r} is not a Hugging Face checkpoint (no config.json)")
@@ -57,66 +51,83 @@ def preflight(cfg: S2LConfig) -> None:
         )
     except ValueError as e:
         raise ConfigError(f"learner.parallel / ranks: {e}") from e
+    for pool in ("explorer", "learner"):
+        try:
+            _ = getattr(cfg.rollout, pool).engine.api_key  # the variable it names must be set
+        except ValueError as e:
+            raise ConfigError(f"rollout.{pool}.engine.{e}") from e
+    launched = os.environ.get("WORLD_SIZE")
+    if launched is not None and int(launched) != cfg.ranks:
+        raise ConfigError(f"ranks: the config has {cfg.ranks} learner ranks; the launcher started {launched}")
+    _check_prompt_files(cfg)
 
 
-def _rank_main(rank: int, world_size: int, port: int, cfg_dict: dict, run_dir: str, resume: bool) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+def _check_prompt_files(cfg: S2LConfig) -> None:
+    """Read every prompt row as the driver will (a bad row anywhere, or a data_source without a
+    reward function, names its file and row), and check that a step's prompts are there."""
+    from transformers import AutoTokenizer
+
+    from megatron_s2l.data import load_prompt_dataset
+    from megatron_s2l.reward import check_data_source
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.learner)
+    for key in ("train_files", "eval_files"):
+        files = getattr(cfg.data, key)
+        if not files:
+            continue
+        try:
+            prompts = load_prompt_dataset(files, tokenizer, cfg.data, check_source=check_data_source)
+        except ValueError as e:
+            raise ConfigError(f"data.{key}: {e}") from e
+        if key == "train_files" and len(prompts) < cfg.schedule.prompts_per_step:
+            raise ConfigError(
+                f"schedule.prompts_per_step ({cfg.schedule.prompts_per_step}) exceeds the {len(prompts)} "
+                f"training prompts left after deduplication and data.max_prompt_tokens"
+            )
+
+
+def _train_rank(cfg_dict: dict, run_root: str, resume: bool) -> None:
     from megatron_s2l.train import train
 
-    warnings.filterwarnings("ignore", module="megatron")  # TE/Apex fallbacks: expected on CPU
-    train(build(S2LConfig, cfg_dict), Path(run_dir), resume=resume)
+    train(build(S2LConfig, cfg_dict), RunDir(Path(run_root)), resume=resume)
 
 
-def run_training(cfg: S2LConfig, run_dir: Path, *, resume: bool) -> None:
+def run_training(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
     """Run `train` on `cfg.ranks` ranks (or as this torchrun rank)."""
     if "RANK" in os.environ:
         from megatron_s2l.train import train
 
-        train(cfg, run_dir, resume=resume)
+        configure_logging(int(os.environ["RANK"]))
+        train(cfg, run, resume=resume)
         return
-    import torch.multiprocessing as mp
+    from megatron_s2l.learner.parallel import spawn_local_ranks
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.start_processes(
-        _rank_main,
-        args=(cfg.ranks, port, to_dict(cfg), str(run_dir), resume),
-        nprocs=cfg.ranks,
-        start_method="spawn",
-        join=True,
-    )
+    spawn_local_ranks(_train_rank, cfg.ranks, to_dict(cfg), str(run.root), resume)
 
 
-BASE_FINGERPRINT = "learner_base.sha256"
-"""The learner's base checkpoint fingerprint, written when a run starts and checked on resume: the
-KL loss's reference policy is rebuilt from that checkpoint, so it must not have changed."""
-
-
-def prepare_run_dir(cfg: S2LConfig, *, resume: bool) -> Path:
+def prepare_run_dir(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
+    """Create (or, resuming, check) the run directory: the config it runs with and the fingerprint
+    of the learner's base checkpoint, which a resume must find unchanged (the KL loss's reference
+    policy and the tokenizer are rebuilt from it)."""
     from megatron_s2l.learner.hf_loader import checkpoint_fingerprint
 
-    run_dir = Path(cfg.logging.run_dir.format(name=cfg.name))
-    if not resume and (run_dir / "metrics.jsonl").exists():
-        raise ConfigError(f"logging.run_dir: {run_dir} already holds a run; resume it or choose another name")
+    if not resume and run.metrics_file.exists():
+        raise ConfigError(f"logging.run_dir: {run.root} already holds a run; resume it or pick another name")
     fingerprint = checkpoint_fingerprint(cfg.model.learner)
-    recorded = run_dir / BASE_FINGERPRINT
+    recorded = run.base_fingerprint
     if resume and recorded.is_file() and recorded.read_text().strip() != fingerprint:
         raise ConfigError(
-            f"model.learner: {cfg.model.learner} is not the base checkpoint {run_dir} started from "
+            f"model.learner: {cfg.model.learner} is not the base checkpoint {run.root} started from "
             f"(its fingerprint changed; see {recorded}): the reference policy and the tokenizer come "
             "from it. Restore that checkpoint, or start a new run."
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run.root.mkdir(parents=True, exist_ok=True)
     recorded.write_text(fingerprint + "\n")
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return run_dir
+    run.config_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+RESUME_FIXED_KEYS = ("name", "logging.run_dir")
+"""Keys a resume cannot override: the run directory is the one given to --resume."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,15 +139,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if (args.config is None) == (args.resume is None):
         raise ConfigError("give exactly one of --config YAML or --resume RUN_DIR")
-    path = args.config or args.resume / "config.yaml"
-    cfg = load_config(path, args.overrides)
+    resume = args.resume is not None
+    if resume:
+        run_dir = RunDir(args.resume)
+        if not run_dir.config_file.is_file():
+            raise ConfigError(f"--resume {args.resume}: no run there ({run_dir.config_file} is missing)")
+        fixed = [o for o in args.overrides if o.split("=", 1)[0] in RESUME_FIXED_KEYS]
+        if fixed:
+            raise ConfigError(
+                f"--resume: {', '.join(fixed)}: a resumed run stays in {args.resume} under its name; "
+                "move the directory to move the run"
+            )
+    cfg = load_config(args.config or run_dir.config_file, args.overrides)
+    if not resume:
+        run_dir = RunDir.for_config(cfg)
     preflight(cfg)
-    run_dir = prepare_run_dir(cfg, resume=args.resume is not None)
+    prepare_run_dir(cfg, run_dir, resume=resume)
     try:
-        run_training(cfg, run_dir, resume=args.resume is not None)
+        run_training(cfg, run_dir, resume=resume)
     except Exception:
         traceback.print_exc()
-        print(f"s2l train: the run failed; its state is in {run_dir}", file=sys.stderr)
+        print(f"s2l train: the run failed; its state is in {run_dir.root}", file=sys.stderr)
         return 1
-    print(f"run finished: {run_dir}")
+    print(f"run finished: {run_dir.root}")
     return 0

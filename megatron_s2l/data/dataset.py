@@ -77,17 +77,10 @@ def _unique_records(
 ) -> tuple[list[PromptRecord], int]:
     """All records of `files` in order, less repeated prompts when `dedup`; and how many were dropped."""
     seen: set[tuple[tuple[str, str], ...]] = set()
-    sources_ok: set[str] = set()
     records = []
     num_duplicates = 0
     for path in files:
-        for record in read_prompt_file(path):
-            if check_source is not None and record.data_source not in sources_ok:
-                try:
-                    check_source(record.data_source)
-                except ValueError as e:
-                    raise ValueError(f"{path}: row {record.index}: {e}") from e
-                sources_ok.add(record.data_source)
+        for record in read_prompt_file(path, check_source=check_source):
             if dedup:
                 key = tuple((message["role"], message["content"]) for message in record.messages)
                 if key in seen:
@@ -106,8 +99,7 @@ def load_prompt_dataset(
     check_source: Callable[[str], None] | None = None,
 ) -> PromptDataset:
     """Read, deduplicate (cfg.dedup), tokenize (cfg.template) and length-filter the prompts of `files`.
-    `check_source` (e.g. `megatron_s2l.reward.check_data_source`) rejects a row's `data_source` by
-    raising ValueError; the error then names the file and row."""
+    `check_source`: see `read_prompt_file`."""
     if not files:
         raise ValueError("no prompt files given")
     records, num_duplicates = _unique_records(files, cfg.dedup, check_source)

@@ -9,7 +9,7 @@ JSONL: 1-based line) and the field.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,18 +105,32 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
             yield values, where
 
 
-def _records(rows: Iterator[tuple[dict[str, Any], str]], path: Path) -> Iterator[PromptRecord]:
+def _records(
+    rows: Iterator[tuple[dict[str, Any], str]], path: Path, check_source: Callable[[str], None] | None
+) -> Iterator[PromptRecord]:
     count = 0
+    sources_ok: set[str] = set()
     for count, (values, where) in enumerate(rows, start=1):
-        yield parse_row(values, count - 1, where)
+        record = parse_row(values, count - 1, where)
+        if check_source is not None and record.data_source not in sources_ok:
+            try:
+                check_source(record.data_source)
+            except ValueError as e:
+                raise ValueError(f"{where}: field 'data_source': {e}") from None
+            sources_ok.add(record.data_source)
+        yield record
     if count == 0:
         raise ValueError(f"{path}: the file has no rows")
 
 
-def read_prompt_file(path: str | Path) -> Iterator[PromptRecord]:
+def read_prompt_file(
+    path: str | Path, *, check_source: Callable[[str], None] | None = None
+) -> Iterator[PromptRecord]:
     """Records of a .parquet or .jsonl prompt file, in file order, each indexed by its row number.
 
     The file's name is checked at once; its rows are read and checked as the records are consumed.
+    `check_source` (e.g. `megatron_s2l.reward.check_data_source`) rejects a row's `data_source` by
+    raising ValueError; the error then names the file and row.
     """
     path = Path(path)
     if path.suffix not in PROMPT_FILE_SUFFIXES:
@@ -125,4 +139,5 @@ def read_prompt_file(path: str | Path) -> Iterator[PromptRecord]:
         )
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist")
-    return _records(_parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path), path)
+    rows = _parquet_rows(path) if path.suffix == ".parquet" else _jsonl_rows(path)
+    return _records(rows, path, check_source)

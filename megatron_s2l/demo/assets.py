@@ -20,6 +20,7 @@ import torch
 
 from megatron_s2l.data import encode_prompts, read_prompt_file
 from megatron_s2l.demo.task import write_arithmetic_dataset
+from megatron_s2l.logs import configure_logging
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +122,16 @@ def _write_task(assets: DemoAssets, recipe: DemoRecipe) -> None:
 def _run_in_child(fn, *args) -> None:
     """Run `fn(*args)` in a fresh spawned process (its own process group and Megatron state)."""
     ctx = torch.multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=fn, args=args)
+    proc = ctx.Process(target=_child_main, args=(fn, *args))
     proc.start()
     proc.join()
     if proc.exitcode != 0:
         raise RuntimeError(f"{fn.__name__} failed in its child process (exit code {proc.exitcode})")
+
+
+def _child_main(fn, *args) -> None:
+    configure_logging()
+    fn(*args)
 
 
 def sft_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int):

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from megatron_s2l.config import load_config
-from megatron_s2l.demo.assets import prepare_demo
+from megatron_s2l.demo.assets import DemoAssets, prepare_demo
 from megatron_s2l.run.plot import plot_runs
+from megatron_s2l.run.rundir import RunDir
 from megatron_s2l.train_cli import preflight, prepare_run_dir, run_training
 
 DEMO_CONFIG = Path("yaml/demo-cpu.yaml")
@@ -26,24 +27,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of yaml/demo-cpu.yaml")
 
 
+def demo_overrides(assets: DemoAssets, *, explorer: bool) -> list[str]:
+    """Point a demo config at the assets actually built (`--cache` may put them anywhere)."""
+    return [
+        f"model.learner={assets.learner_dir}",
+        *([f"model.explorer={assets.explorer_dir}"] if explorer else []),
+        f"data.train_files=[{assets.train_file}]",
+        f"data.eval_files=[{assets.eval_file}]",
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    prepare_demo(args.cache)
-    run_dirs = []
+    assets = prepare_demo(args.cache)
+    runs = []
     for path in [DEMO_CONFIG, BASELINE_CONFIG] if args.baseline else [DEMO_CONFIG]:
-        cfg = load_config(path, args.overrides)
+        cfg = load_config(path, [*demo_overrides(assets, explorer=path == DEMO_CONFIG), *args.overrides])
         preflight(cfg)
-        run_dir = Path(cfg.logging.run_dir.format(name=cfg.name))
-        if run_dir.exists():
-            print(f"demo: replacing the previous demo run in {run_dir}")
-            shutil.rmtree(run_dir)
-        run_dirs.append(prepare_run_dir(cfg, resume=False))
+        run = RunDir.for_config(cfg)
+        if run.root.exists():
+            print(f"demo: replacing the previous demo run in {run.root}")
+            shutil.rmtree(run.root)
+        prepare_run_dir(cfg, run, resume=False)
         print(
             f"demo: training {cfg.name} ({cfg.schedule.steps} steps, T_mix {cfg.schedule.t_mix})", flush=True
         )
-        run_training(cfg, run_dirs[-1], resume=False)
-    out = run_dirs[0] / "plots"
-    for plot in plot_runs(run_dirs, out):
+        run_training(cfg, run, resume=False)
+        runs.append(run)
+    for plot in plot_runs([r.root for r in runs], runs[0].plots):
         print(f"demo: wrote {plot}")
     print(f"demo: done in {time.perf_counter() - started:.0f} s")
     return 0

@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 from pathlib import Path
 
 import torch
+
+from megatron_s2l.learner.parallel import spawn_local_ranks
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,19 +88,6 @@ def _compute(args_dict: dict) -> None:
     destroy_distributed()
 
 
-def _spawned_rank(rank: int, world_size: int, port: int, args_dict: dict) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    if not torch.cuda.is_available():  # CPU ranks share the cores instead of each taking all of them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    _compute(args_dict)
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of `s2l logprobs`; returns the process exit code."""
     args_dict = {
@@ -114,12 +102,7 @@ def run(args: argparse.Namespace) -> int:
     world_size = args.tp * args.pp
     if torch.cuda.is_available() and torch.cuda.device_count() < world_size:
         raise ValueError(f"--tp * --pp = {world_size} ranks, but only {torch.cuda.device_count()} GPUs")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    torch.multiprocessing.spawn(
-        _spawned_rank, args=(world_size, port, args_dict), nprocs=world_size, join=True
-    )
+    spawn_local_ranks(_compute, world_size, args_dict)
     return 0
 
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from megatron_s2l.compat import activate_cpu_compat
+from megatron_s2l.logs import configure_logging
+from megatron_s2l.net import find_free_port
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +102,7 @@ def init_distributed(
     if not dist.is_initialized():
         if "RANK" not in os.environ:
             os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            os.environ.setdefault("MASTER_PORT", str(find_free_port()))
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(
@@ -143,9 +147,28 @@ def destroy_distributed() -> None:
     parallel_state.destroy_model_parallel()
 
 
-def _free_port() -> int:
-    import socket
+def spawn_local_ranks(fn: Callable[..., None], world_size: int, *args: Any) -> None:
+    """Run `fn(*args)` as `world_size` ranks on this node: spawned processes that meet on a free
+    localhost port (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set), with logging
+    configured and, on CPU, the cores shared out. Returns when all ranks are done; raises (with the
+    failed rank's traceback) if one fails. `fn` must be picklable (defined at module level)."""
+    import torch.multiprocessing as mp
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    port = find_free_port()
+    mp.start_processes(
+        _local_rank_main, args=(world_size, port, fn, args), nprocs=world_size, start_method="spawn"
+    )
+
+
+def _local_rank_main(rank: int, world_size: int, port: int, fn: Callable[..., None], args: tuple) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    configure_logging(rank)
+    if not torch.cuda.is_available():  # CPU ranks share the cores instead of each taking all of them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    fn(*args)

@@ -4,10 +4,22 @@ the HTTP or SGLang packages."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
 from megatron_s2l.rollout.sampling_params import SamplingConfig, default_explorer_sampling
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 @dataclass(kw_only=True, slots=True)
@@ -32,8 +44,10 @@ class EngineConfig:
     """`--context-length`; None takes the model's."""
     max_running_requests: int | None = None
     """`--max-running-requests`; None is SGLang's default, 32 on CPU."""
-    api_key: str | None = None
-    """SGLang `--api-key`; the client and the weight sync send it as a bearer token."""
+    api_key_env: str = ""
+    """Name of the environment variable that holds the engines' API key (SGLang `--api-key`; the
+    client and the weight sync send it as a bearer token). Required when `host` is not a loopback
+    address. The key itself never enters the config file, the logs or the metrics."""
     sleep_on_idle: bool = True
     """`--sleep-on-idle`: an idle scheduler otherwise keeps a core busy."""
     extra_args: list[str] = field(default_factory=list)
@@ -60,6 +74,22 @@ class EngineConfig:
             raise ValueError(f"startup_timeout_s must be > 0, got {self.startup_timeout_s}")
         if self.stop_timeout_s <= 0:
             raise ValueError(f"stop_timeout_s must be > 0, got {self.stop_timeout_s}")
+        if not is_loopback(self.host) and not self.api_key_env:
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address: set api_key_env to the name of an "
+                "environment variable holding an API key (an engine open to the network without one "
+                "generates and loads weights for anyone who reaches it)"
+            )
+
+    @property
+    def api_key(self) -> str | None:
+        """The API key from `api_key_env` (None without one); an unset variable is an error."""
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ValueError(f"api_key_env: the environment variable {self.api_key_env} is unset or empty")
+        return key
 
     def resolved_device(self) -> Literal["cpu", "cuda"]:
         if self.device != "auto":
@@ -131,9 +161,5 @@ class RolloutConfig:
     """Batching, concurrency, time-outs and retries of requests to either pool."""
     explorer_cache_path: str | None = None
     """JSONL of pre-generated explorer samples (tools/fill_explorer_cache.py); None samples live."""
-    log_dir: str = "logs/rollout"
-    """Where each server's log file goes."""
-
-    def __post_init__(self) -> None:
-        if not self.log_dir:
-            raise ValueError("log_dir must not be empty")
+    log_dir: str | None = None
+    """Where each server's log file goes; None: the run directory's `engine-logs/`."""

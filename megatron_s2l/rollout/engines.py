@@ -35,6 +35,8 @@ class RolloutEngines:
     ) -> None:
         self.config = config
         self.explorer_model = explorer_model
+        if config.log_dir is None:
+            raise ValueError("rollout.log_dir is unset (a run places it in its directory: RunDir.resolve)")
         log_dir = Path(config.log_dir)
         live_explorer = explorer_model is not None and config.explorer_cache_path is None
         self.explorer = (

@@ -23,9 +23,13 @@ class SampleRequest:
     a re-sent request draws the same sample again). None: the engine's own randomness."""
 
 
-def sample_seed(run_seed: int, step: int, source: str, prompt_id: str, index: int) -> int:
-    """A stable 63-bit seed for one sample."""
-    return stable_seed(run_seed, step, source, prompt_id, index)
+def sample_seed(
+    run_seed: int, step: int, sampling_round: int, source: str, prompt_id: str, index: int
+) -> int:
+    """A stable 63-bit seed for one sample. The sampling round (dynamic sampling draws more prompts
+    in later rounds of a step) is part of it: a prompt drawn again in a later round of the same step
+    gets new samples, not the ones it already had."""
+    return stable_seed(run_seed, step, sampling_round, source, prompt_id, index)
 
 
 @dataclass(frozen=True, slots=True)

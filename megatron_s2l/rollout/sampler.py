@@ -50,11 +50,13 @@ class S2LGroupSampler:
         self.seed = seed
         """Run seed of per-sample sampling seeds (None: unseeded sampling)."""
 
-    async def sample(self, prompts: list[Prompt], step: int) -> RolloutBatch:
+    async def sample(self, prompts: list[Prompt], step: int, sampling_round: int = 0) -> RolloutBatch:
+        """Complete groups for `prompts` at `step` (`sampling_round`: the dynamic-sampling round of
+        the step, which the sampling seeds include)."""
         g_explorer, g_learner = s2l_split(step, self.t_mix, self.group_size)
         learner_stats_before = self.learner.stats.resent_batches
-        explorer_task = self._explorer_samples(prompts, g_explorer, step)
-        learner_requests = self._requests(prompts, g_learner, "learner", step)
+        explorer_task = self._explorer_samples(prompts, g_explorer, step, sampling_round)
+        learner_requests = self._requests(prompts, g_learner, "learner", step, sampling_round)
         learner_task = self.learner.generate(learner_requests, self.config.learner_sampling)
         explorer_records, learner_records = await asyncio.gather(explorer_task, learner_task)
         groups = _assemble_groups(prompts, explorer_records, learner_records, g_explorer, g_learner)
@@ -72,27 +74,51 @@ class S2LGroupSampler:
             step=step, g_explorer=g_explorer, g_learner=g_learner, groups=groups, metrics=metrics
         )
 
-    async def _explorer_samples(self, prompts: list[Prompt], count: int, step: int) -> list[RolloutRecord]:
+    async def _explorer_samples(
+        self, prompts: list[Prompt], count: int, step: int, sampling_round: int
+    ) -> list[RolloutRecord]:
         if count == 0:
             return []
         if self.explorer_cache is not None:
             return [r for p in prompts for r in self.explorer_cache.draw(p.prompt_id, p.input_ids, count)]
         assert self.explorer is not None
-        requests = self._requests(prompts, count, "explorer", step)
+        requests = self._requests(prompts, count, "explorer", step, sampling_round)
         return await self.explorer.generate(requests, self.config.explorer_sampling)
 
-    def _requests(self, prompts: list[Prompt], count: int, source: str, step: int) -> list[SampleRequest]:
+    def _requests(
+        self, prompts: list[Prompt], count: int, source: str, step: int, sampling_round: int
+    ) -> list[SampleRequest]:
         seed = self.seed
         return [
             SampleRequest(
                 p.prompt_id,
                 i,
                 p.input_ids,
-                None if seed is None else sample_seed(seed, step, source, p.prompt_id, i),
+                None if seed is None else sample_seed(seed, step, sampling_round, source, p.prompt_id, i),
             )
             for p in prompts
             for i in range(count)
         ]
+
+
+ADDITIVE_METRICS = frozenset(
+    {
+        "rollout/explorer_samples",
+        "rollout/learner_samples",
+        "rollout/stale_learner_samples",
+        "rollout/learner_resent_batches",
+    }
+)
+"""Per-round counts: a step's value is their sum over its sampling rounds. The other rollout metrics
+(cumulative counters such as server restarts, 0/1 flags) take the last round's value."""
+
+
+def merge_round_metrics(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """One step's rollout metrics from those of its sampling rounds (dynamic sampling)."""
+    merged = dict(rounds[-1])
+    for key in ADDITIVE_METRICS & merged.keys():
+        merged[key] = sum(r.get(key, 0.0) for r in rounds)
+    return merged
 
 
 def _assemble_groups(

@@ -1,6 +1,6 @@
 """`s2l serve`: start SGLang server(s) for one model, as the trainer would, and keep them up.
 
-    s2l serve --model HF_DIR [--port P] [--tp N] [--num-engines N --router] [--api-key KEY]
+    s2l serve --model HF_DIR [--port P] [--tp N] [--num-engines N --router] [--api-key-env VAR]
 
 On CPU the CPU flags, float32 and the stand-ins of megatron_s2l/rollout/cpu_shims are applied (see
 server.py). Prints each server's URL (and the router's) once healthy; Ctrl-C or SIGTERM stops them
@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--router", action="store_true", help="also start sglang-router in front")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--dtype", default="auto", help="SGLang --dtype (auto: float32 on CPU)")
-    parser.add_argument("--api-key", default=None, help="SGLang --api-key")
+    parser.add_argument(
+        "--api-key-env", default="", metavar="VAR", help="environment variable holding the API key"
+    )
     parser.add_argument("--mem-fraction-static", type=float, default=None)
     parser.add_argument("--max-total-tokens", type=int, default=None)
     parser.add_argument("--context-length", type=int, default=None)
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         tp=args.tp,
         device=args.device,
         dtype=args.dtype,
-        api_key=args.api_key,
+        api_key_env=args.api_key_env,
         mem_fraction_static=args.mem_fraction_static,
         max_total_tokens=args.max_total_tokens,
         context_length=args.context_length,

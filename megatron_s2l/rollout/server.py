@@ -23,7 +23,6 @@ import ctypes
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import urllib.request
 from pathlib import Path
 from typing import Literal
 
+from megatron_s2l.net import find_free_port
 from megatron_s2l.rollout.config import EngineConfig
 
 CPU_SHIMS_DIR = Path(__file__).with_name("cpu_shims")
@@ -43,13 +43,6 @@ DEFAULT_SERVER_SITE_DIR = Path(sys.prefix) / "sglang-cpu-site"
 _PR_SET_PDEATHSIG = 1
 _LIVE_PROCESSES: set[ManagedProcess] = set()
 _SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2l-spawner")
-
-
-def find_free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on `host` that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def build_server_command(model_path: str, config: EngineConfig, port: int) -> list[str]:

@@ -1,8 +1,10 @@
 """Run checkpoints: the learner's state plus the driver's loop state, made durable atomically.
 
-    <run_dir>/checkpoints/step_000008/learner/...   Learner.save (model, optimizer, scheduler, step)
-    <run_dir>/checkpoints/step_000008/loop.pt       step, data order position, RNG states
-    <run_dir>/checkpoints/latest                    the name of the last complete checkpoint
+    checkpoints/step_000008/learner/...   Learner.save (model, optimizer, scheduler, step)
+    checkpoints/step_000008/loop.pt       step, data order position, RNG states
+    checkpoints/latest                    the name of the last complete checkpoint
+
+(`checkpoints/` is `RunDir.checkpoints`.)
 
 `latest` is replaced (atomic rename) only after a checkpoint is complete, so a run killed while
 saving resumes from the previous one.
@@ -21,34 +23,34 @@ import torch.distributed as dist
 LATEST = "latest"
 
 
-def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / "checkpoints" / f"step_{step:06d}"
+def checkpoint_dir(checkpoints: Path, step: int) -> Path:
+    return checkpoints / f"step_{step:06d}"
 
 
 def save_run_checkpoint(
-    run_dir: Path, step: int, learner, loop_state: dict[str, Any] | None, keep_last: int
+    checkpoints: Path, step: int, learner, loop_state: dict[str, Any] | None, keep_last: int
 ) -> Path:
     """Collective: every learner rank saves its learner shard; rank 0 adds the loop state and
     publishes the checkpoint as `latest`, then prunes all but the last `keep_last`."""
-    directory = checkpoint_dir(run_dir, step)
+    directory = checkpoint_dir(checkpoints, step)
     learner.save(directory / "learner")
     if dist.get_rank() == 0:
         tmp = directory / "loop.pt.tmp"
         torch.save({"step": step, **(loop_state or {})}, tmp)
         os.replace(tmp, directory / "loop.pt")
-        pointer = run_dir / "checkpoints" / (LATEST + ".tmp")
+        pointer = checkpoints / (LATEST + ".tmp")
         pointer.write_text(directory.name)
-        os.replace(pointer, run_dir / "checkpoints" / LATEST)
-        kept = sorted(p for p in (run_dir / "checkpoints").glob("step_*") if p.is_dir())
+        os.replace(pointer, checkpoints / LATEST)
+        kept = sorted(p for p in checkpoints.glob("step_*") if p.is_dir())
         for old in kept[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return directory
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / "checkpoints" / LATEST
-    return run_dir / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    pointer = checkpoints / LATEST
+    return checkpoints / pointer.read_text().strip() if pointer.is_file() else None
 
 
 def load_run_checkpoint(directory: Path, learner) -> dict[str, Any]:

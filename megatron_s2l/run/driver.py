@@ -5,10 +5,10 @@ The learner ranks only see `TrainBatch`es; everything that talks to SGLang or re
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,12 +16,17 @@ import torch
 from megatron_s2l.config import S2LConfig
 from megatron_s2l.data import PromptRecord, PromptSampler, load_prompt_dataset
 from megatron_s2l.eval import avg_at_k, pass_at_k
+from megatron_s2l.learner.parallel import ParallelLayout
 from megatron_s2l.reward import RewardScorer, check_data_source
 from megatron_s2l.rollout.client import RolloutClient
 from megatron_s2l.rollout.engines import RolloutEngines
 from megatron_s2l.rollout.records import Prompt, SampleRequest, sample_seed
+from megatron_s2l.rollout.sampler import merge_round_metrics
 from megatron_s2l.run.experience import Experience, build_experience, keep_groups_with_signal, score_groups
 from megatron_s2l.run.metrics import RunLogger
+from megatron_s2l.run.rundir import RunDir
+
+logger = logging.getLogger(__name__)
 
 
 class DynamicSamplingError(RuntimeError):
@@ -29,10 +34,10 @@ class DynamicSamplingError(RuntimeError):
 
 
 class Driver:
-    def __init__(self, cfg: S2LConfig, run_dir: Path) -> None:
+    def __init__(self, cfg: S2LConfig, run: RunDir) -> None:
         from transformers import AutoTokenizer
 
-        self.cfg, self.run_dir = cfg, run_dir
+        self.cfg, self.run = cfg, run
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.learner)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         # Every row's data_source must have a reward function: checked here, before any server starts.
@@ -50,7 +55,30 @@ class Driver:
         self.sampler = self.engines.build_sampler(
             t_mix=cfg.schedule.t_mix, group_size=cfg.schedule.group_size, seed=cfg.seed
         )
-        self.logger = RunLogger(run_dir, tensorboard=cfg.logging.tensorboard, total_steps=cfg.schedule.steps)
+        self.logger = RunLogger(run, tensorboard=cfg.logging.tensorboard, total_steps=cfg.schedule.steps)
+
+    def log_summary(self, layout: ParallelLayout) -> None:
+        """The run's derived numbers, once at start-up (nanochat's "Calculated ..." lines)."""
+        cfg, sched, algo = self.cfg, self.cfg.schedule, self.cfg.algo
+        samples = sched.prompts_per_step * sched.group_size
+        per_update = (algo.ppo_mini_batch_prompts or sched.prompts_per_step) * sched.group_size
+        micro = cfg.learner.parallel.micro_batch_size
+        lines = [
+            f"run directory {self.run.root}",
+            f"learner ranks {layout.world_size} = TP {layout.tp} x PP {layout.pp} x DP {layout.dp}",
+            f"per step: {sched.prompts_per_step} prompts x G {sched.group_size} = {samples} samples; "
+            f"{algo.updates_per_step(sched.prompts_per_step)} optimizer updates of {per_update} samples "
+            f"({per_update // (layout.dp * micro)} micro-batches of {micro} per DP rank each)",
+            f"schedule: {sched.steps} steps, explorer share annealed over T_mix = {sched.t_mix}; "
+            f"{len(self.train_set)} training prompts ({len(self.train_set) / sched.prompts_per_step:.1f} "
+            "steps per epoch)",
+        ]
+        for name, seconds in self.engines.startup_seconds.items():
+            pool = getattr(self.engines, name)
+            started = ", ".join(f"{url} ({t:.0f} s)" for url, t in zip(pool.urls, seconds, strict=True))
+            lines.append(f"{name} engines: {len(pool.urls)} x TP {pool.config.engine.tp}: {started}")
+        for line in lines:
+            logger.info(line)
 
     def _prompt(self, index: int) -> tuple[Prompt, PromptRecord]:
         record = self.train_set[index]
@@ -63,17 +91,13 @@ class Driver:
         algo, want = self.cfg.algo, self.cfg.schedule.prompts_per_step
         max_new = self.cfg.rollout.learner_sampling.max_new_tokens
         scored = None
-        rollout_metrics: dict[str, float] = {}
+        round_metrics: list[dict[str, float]] = []
         rounds, reward_seconds = 0, 0.0
         while True:
-            rounds += 1
             prompts = [self._prompt(i) for i in next(self._batches)]
-            rollout = self.engines.run(self.sampler.sample([p for p, _ in prompts], step))
-            for key, value in rollout.metrics.items():
-                rollout_metrics[key] = rollout_metrics.get(key, 0.0) + value
-            rollout_metrics.update(
-                {"schedule/g_explorer": rollout.g_explorer, "schedule/g_learner": rollout.g_learner}
-            )
+            rollout = self.engines.run(self.sampler.sample([p for p, _ in prompts], step, rounds))
+            rounds += 1
+            round_metrics.append(rollout.metrics)
             records = {p.prompt_id: r for p, r in prompts}
             reward_started = time.perf_counter()
             new = score_groups(rollout.groups, records, self.tokenizer, self.scorer, algo, max_new)
@@ -93,7 +117,9 @@ class Driver:
         elapsed = time.perf_counter() - started - reward_seconds
         tokens = sum(len(r.response_ids) for r in experience.records)
         metrics = {
-            **rollout_metrics,
+            **merge_round_metrics(round_metrics),
+            "schedule/g_explorer": rollout.g_explorer,
+            "schedule/g_learner": rollout.g_learner,
             **_weight_versions(experience.records),
             **experience.metrics,
             "rollout/sampling_rounds": rounds,
@@ -116,7 +142,7 @@ class Driver:
                 f"eval-{i}",
                 j,
                 self.eval_set.prompt_ids[i],
-                sample_seed(self.cfg.seed, step, "eval", str(i), j),
+                sample_seed(self.cfg.seed, step, 0, "eval", str(i), j),
             )
             for i in range(len(self.eval_set))
             for j in range(k)

@@ -28,21 +28,7 @@ def plot_runs(run_dirs: list[Path], out_dir: Path) -> list[Path]:
 
     runs = {Path(d).name: read_metrics(d) for d in run_dirs}
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    keys = [*PLOT_KEYS, ("eval/avg_at_k", "held-out avg@k")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4))
-    for ax, (key, title) in zip(axes, keys, strict=True):
-        for name, records in runs.items():
-            ax.plot(*_series(records, key), marker="o", ms=3, label=name)
-            if len(runs) == 1:
-                for source in ("explorer", "learner"):
-                    src_key = key.replace("/mean", f"/{source}")
-                    if src_key != key:
-                        ax.plot(*_series(records, src_key), ls="--", label=source)
-        ax.set_title(title)
-        _finish_axes(ax)
-    written.append(_save(plt, fig, out_dir / "curves.png"))
+    written = [_save(plt, curves_figure(runs), out_dir / "curves.png")]
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, records in runs.items():
@@ -57,10 +43,37 @@ def plot_runs(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     return written
 
 
+def curves_figure(runs: dict[str, list[dict]]):
+    """Reward, accuracy and held-out avg@k against step: one line per run, and with a single run
+    also the explorer's and the learner's samples apart."""
+    import matplotlib.pyplot as plt
+
+    keys = [*PLOT_KEYS, ("eval/avg_at_k", "held-out avg@k")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4))
+    for ax, (key, title) in zip(axes, keys, strict=True):
+        for name, records in runs.items():
+            ax.plot(*_series(records, key), marker="o", ms=3, label=name)
+            if len(runs) == 1:
+                for source in ("explorer", "learner"):
+                    src_key = key.replace("/mean", f"/{source}")
+                    if src_key != key:
+                        ax.plot(*_series(records, src_key), ls="--", label=source)
+        ax.set_title(title)
+        _finish_axes(ax)
+    return fig
+
+
 def _finish_axes(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    # Room around the data, so that no line runs along (or past) the frame, and whole steps.
+    ax.relim()
+    ax.autoscale_view()
+    ax.margins(x=0.04, y=0.12)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="best")
 
 
 def _save(plt, fig, path: Path) -> Path:

@@ -26,8 +26,9 @@ class SyncConfig:
     """Broadcast backend of the distributed transport; auto: nccl for CUDA tensors, gloo on CPU."""
     master_address: str = "127.0.0.1"
     """Address of the sending rank that the engines connect to (distributed transport)."""
-    disk_dir: str = "runs/weight_sync"
-    """Directory of the disk transport (visible to the engines); only the latest version is kept."""
+    disk_dir: str | None = None
+    """Directory of the disk transport (visible to the engines; only the latest version is kept);
+    None: the run directory's `weight-sync/`, which no other run shares."""
 
     def __post_init__(self) -> None:
         if self.bucket_mb < 1:

@@ -18,7 +18,6 @@ import contextlib
 import datetime
 import os
 import shutil
-import socket
 import threading
 import uuid
 from abc import ABC, abstractmethod
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron_s2l.net import find_free_port
 from megatron_s2l.sync.buckets import Bucket
 from megatron_s2l.sync.engine_http import EngineEndpoint, EngineRequestError
 
@@ -162,12 +162,6 @@ class TensorTransport(Transport):
         del named_cpu  # the engines have copied the shared storage by now
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 class DistributedTransport(Transport):
     name = "distributed"
 
@@ -197,7 +191,7 @@ class DistributedTransport(Transport):
 
         # Unique per process and try: torch keeps the names of groups abandoned after a failure.
         group_name = f"s2l_weights_stage{self.stage}_{uuid.uuid4().hex[:12]}"
-        port = _free_port(self.master_address)
+        port = find_free_port(self.master_address)
         world_size = 1 + sum(e.tp for e in endpoints)
         offsets = [1 + sum(e.tp for e in endpoints[:i]) for i in range(len(endpoints))]
         group: list[dist.ProcessGroup] = []

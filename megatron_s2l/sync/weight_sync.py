@@ -70,6 +70,8 @@ def pool_endpoints(pool: EnginePool) -> list[EngineEndpoint]:
 
 def build_transport(config: SyncConfig, stage: int) -> Transport:
     if config.transport == "disk":
+        if config.disk_dir is None:
+            raise ValueError("sync.disk_dir is unset (a run places it in its directory: RunDir.resolve)")
         return DiskTransport(config.disk_dir, stage, config.timeout_s)
     if config.transport == "tensor":
         return TensorTransport(config.timeout_s)

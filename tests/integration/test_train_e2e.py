@@ -6,11 +6,11 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from signal import SIGKILL
 
 import pytest
 
@@ -53,7 +53,6 @@ def overrides(demo, run_root: Path, name: str) -> list[str]:
         "checkpoint.every_steps=2",
         "eval.every_steps=2",
         "eval.samples_per_prompt=2",
-        f"rollout.log_dir={run_root}/{name}-engines",
         "rollout.learner_sampling.max_new_tokens=12",
         "rollout.explorer_sampling.max_new_tokens=12",
     ]
@@ -107,7 +106,23 @@ def test_schedule_versions_and_finite_metrics(full_run: Path) -> None:
     assert (full_run / "checkpoints" / "latest").read_text() == f"step_{STEPS:06d}"
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(demo, full_run: Path) -> None:
+def sglang_servers_of(model_dir: Path) -> list[int]:
+    """PIDs of live SGLang servers serving `model_dir`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if b"sglang.launch_server" in cmdline and str(model_dir).encode() in cmdline and state != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def test_resume_after_sigkill_of_a_moved_run_matches_uninterrupted_run(demo, full_run: Path) -> None:
+    """SIGKILL the trainer after its step-2 checkpoint, move the run directory, resume it there: it
+    finishes in the new place, logs every step once, and the killed run left no engine behind."""
     root = full_run.parent
     proc = s2l("train", "--config", "yaml/demo-cpu.yaml", *overrides(demo, root, "killed"))
     latest = root / "killed" / "checkpoints" / "latest"
@@ -116,13 +131,28 @@ def test_resume_after_sigkill_matches_uninterrupted_run(demo, full_run: Path) ->
         assert proc.poll() is None, proc.communicate()[0][-4000:]
         assert time.monotonic() < deadline, "no checkpoint at step 2"
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
+    assert sglang_servers_of(demo.learner_dir), "the run's engines are up"
+    os.killpg(proc.pid, SIGKILL)
     proc.communicate(timeout=60)
-    finish(s2l("train", "--resume", str(root / "killed")))
+    deadline = time.monotonic() + 30
+    while sglang_servers_of(demo.learner_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the engines die with their parent (PR_SET_PDEATHSIG)
+    assert not sglang_servers_of(demo.learner_dir), "an engine of the killed run is still running"
+    moved = root / "moved"
+    shutil.move(root / "killed", moved)
+
+    refused = s2l("train", "--resume", str(moved), "name=other")
+    out, _ = refused.communicate(timeout=120)
+    assert refused.returncode == 2 and "a resumed run stays in" in out, out[-2000:]
+    finish(s2l("train", "--resume", str(moved)))
+    assert not (root / "killed").exists()  # nothing written to the old place
+    assert (moved / "checkpoints" / "latest").read_text() == f"step_{STEPS:06d}"
+    assert any((moved / "engine-logs").iterdir())  # engine logs live in the run directory
+    logged = [json.loads(line)["step"] for line in (moved / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(STEPS + 1))  # each step exactly once, step 0 the eval before training
 
     full = {r["step"]: r for r in read_metrics(full_run)}
-    resumed = {r["step"]: r for r in read_metrics(root / "killed")}
-    assert sorted(resumed) == sorted(full)
+    resumed = {r["step"]: r for r in read_metrics(moved)}
     # Exact after resume: schedule position, data order and weight versions (the learner's own state
     # is restored bit-exactly: tests/integration/test_learner_checkpoint.py). Sampled tokens, and so
     # rewards and losses, are not: SGLang 0.5.23 honours per-request sampling seeds only with

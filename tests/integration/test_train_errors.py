@@ -1,6 +1,7 @@
 """`s2l train` rejects bad input before any rank or server starts, naming the key or file."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
     (root / "train.jsonl").write_text(json.dumps(row) + "\n")
     (root / "empty.jsonl").write_text("")
+    rows = [row, {**row, "data_source": "my_source"}, row]  # an unknown source in the middle
+    (root / "unknown_source.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = [row, {**row, "prompt": "not a list of messages"}, row]  # a bad row in the middle
+    (root / "bad_row.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = {
         "name": "err",
         "model": {"learner": str(learner), "explorer": str(root / "explorer")},
@@ -37,11 +42,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "config": root / "run.yaml"}
 
 
-def s2l_train(config: Path, *overrides: str) -> subprocess.CompletedProcess:
+def s2l_train(
+    config: Path, *overrides: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     s2l = Path(sys.executable).parent / "s2l"
-    return subprocess.run(
-        [str(s2l), "train", "--config", str(config), *overrides], capture_output=True, text=True, timeout=120
-    )
+    cmd = [str(s2l), "train", "--config", str(config), *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +73,17 @@ def s2l_train(config: Path, *overrides: str) -> subprocess.CompletedProcess:
             ["ranks=3", "learner.parallel.tensor_parallel=3", "schedule.group_size=3"],
             "tensor_parallel=3 does not divide the model's 4 attention heads",
         ),
-        (["data.train_files=[{root}/empty.jsonl]"], "data.train_files[0]: "),
+        (
+            ["data.train_files=[{root}/empty.jsonl]"],
+            "data.train_files: {root}/empty.jsonl: the file has no rows",
+        ),
+        (
+            ["data.train_files=[{root}/unknown_source.jsonl]"],
+            "data.train_files: {root}/unknown_source.jsonl line 2: field 'data_source': unknown data "
+            "source 'my_source'",
+        ),
+        (["data.train_files=[{root}/bad_row.jsonl]"], "bad_row.jsonl line 2: field 'prompt'"),
+        (["schedule.prompts_per_step=2"], "schedule.prompts_per_step (2) exceeds the 1 training prompts"),
         (
             [
                 "schedule.t_mix=0",
@@ -83,5 +99,16 @@ def test_bad_input_fails_fast_with_a_named_key(setup, overrides: list[str], mess
     root = setup["root"]
     out = s2l_train(setup["config"], *(o.replace("{root}", str(root)) for o in overrides))
     assert out.returncode == 2, out.stdout + out.stderr
-    assert message in out.stderr
+    assert message.replace("{root}", str(root)) in out.stderr
     assert not (root / "runs" / "err").exists(), "nothing may start before the checks pass"
+
+
+def test_torchrun_world_size_must_match_ranks(setup) -> None:
+    """Under torchrun every rank runs `s2l train`: a WORLD_SIZE that is not `ranks` fails before any
+    process group or server starts (it used to fail at step 1, after the engines had started)."""
+    root = setup["root"]
+    out = s2l_train(setup["config"], env={**os.environ, "WORLD_SIZE": "2"})
+    assert (
+        out.returncode == 2 and "ranks: the config has 1 learner ranks; the launcher started 2" in out.stderr
+    )
+    assert not (root / "runs" / "err").exists()

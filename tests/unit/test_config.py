@@ -93,6 +93,11 @@ def test_overrides_and_base_overlay(tmp_path: Path) -> None:
         ("seed: 3\n", ["seed.x=1"], r"seed: is not a section"),
         ("base: missing.yaml\n", [], r"no such config file"),
         ("algo: {ppo_epochs: 0}\n", [], r"algo: ppo_epochs must be >= 1"),
+        (
+            "{}\n",
+            ["rollout.learner.engine.host=0.0.0.0"],
+            r"rollout\.learner\.engine: host '0\.0\.0\.0' is not a loopback address: set api_key_env",
+        ),
         ("algo: {dynamic_sampling_metric: score}\n", [], r"algo\.dynamic_sampling_metric: must be one of"),
         (
             "schedule: {prompts_per_step: 32}\n",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -252,3 +253,19 @@ def test_scorer_kills_and_replaces_workers_that_run_past_the_limit() -> None:
     assert not _worker_pids()
     with pytest.raises(RuntimeError, match="closed"):
         scorer.score([("math_dapo", "Answer: 1", "1")])
+
+
+def test_model_output_is_never_evaluated_as_code(tmp_path: Path) -> None:
+    """Scoring parses answers (normalisation, LaTeX via math-verify's LaTeX extractor only); nothing
+    in the reward package hands model output to eval/exec or sympy's eval-based parsers."""
+    import megatron_s2l.reward as reward_package
+
+    source = "\n".join(p.read_text() for p in Path(reward_package.__file__).parent.glob("*.py"))
+    for forbidden in ("eval(", "exec(", "parse_expr", "sympify", "ExprExtractionConfig"):
+        assert forbidden not in source, forbidden
+    marker = tmp_path / "pwned"
+    payload = f"__import__('pathlib').Path('{marker}').touch()"
+    for data_source in ("math_dapo", "math_boxed", "openai/gsm8k", "commonsense_qa"):
+        for text in (f"Answer: {payload}", f"\\boxed{{{payload}}}", f"#### {payload}"):
+            assert compute_score(data_source, text, "1")["acc"] is False
+    assert not marker.exists()

@@ -87,3 +87,43 @@ def test_tokenizer_check(tmp_path) -> None:
     check_same_tokenizer(tmp_path / "a", tmp_path / "same")
     with pytest.raises(TokenizerMismatchError, match="vocabulary: sizes 512 vs 400"):
         check_same_tokenizer(tmp_path / "a", tmp_path / "other")
+
+
+def test_sampling_round_is_part_of_the_sample_seed() -> None:
+    """A prompt drawn again in a later dynamic-sampling round of the same step gets new samples."""
+    from megatron_s2l.rollout.records import sample_seed
+
+    first = sample_seed(7, 3, 0, "learner", "train-5", 1)
+    assert first == sample_seed(7, 3, 0, "learner", "train-5", 1)  # stable (resume, re-sends)
+    assert first != sample_seed(7, 3, 1, "learner", "train-5", 1)
+    assert 0 <= first < 2**63
+
+
+def test_round_metrics_add_counts_and_keep_counters_and_flags() -> None:
+    """Dynamic sampling merges its rounds: sample counts add up, while a cumulative counter (server
+    restarts so far) and a 0/1 flag keep their last value instead of being summed."""
+    from megatron_s2l.rollout.sampler import merge_round_metrics
+
+    rounds = [
+        {
+            "rollout/learner_samples": 8.0,
+            "rollout/explorer_samples": 4.0,
+            "rollout/learner_resent_batches": 1.0,
+            "rollout/stale_learner_samples": 0.0,
+            "rollout/learner_server_restarts": 2.0,
+            "rollout/explorer_from_cache": 1.0,
+        },
+        {
+            "rollout/learner_samples": 8.0,
+            "rollout/explorer_samples": 4.0,
+            "rollout/learner_resent_batches": 0.0,
+            "rollout/stale_learner_samples": 3.0,
+            "rollout/learner_server_restarts": 3.0,
+            "rollout/explorer_from_cache": 1.0,
+        },
+    ]
+    merged = merge_round_metrics(rounds)
+    assert merged["rollout/learner_samples"] == 16 and merged["rollout/explorer_samples"] == 8
+    assert merged["rollout/learner_resent_batches"] == 1 and merged["rollout/stale_learner_samples"] == 3
+    assert merged["rollout/learner_server_restarts"] == 3.0  # cumulative: the last value, not 5
+    assert merged["rollout/explorer_from_cache"] == 1.0  # a flag: not 2

@@ -22,9 +22,10 @@ def _flag(cmd: list[str], name: str) -> str:
     return cmd[cmd.index(name) + 1]
 
 
-def test_cpu_command_has_the_cpu_flags_float32_and_loopback() -> None:
+def test_cpu_command_has_the_cpu_flags_float32_and_loopback(monkeypatch) -> None:
+    monkeypatch.setenv("S2L_TEST_KEY", "k3y")
     cmd = build_server_command(
-        "/models/x", EngineConfig(device="cpu", api_key="k3y", context_length=512), 1234
+        "/models/x", EngineConfig(device="cpu", api_key_env="S2L_TEST_KEY", context_length=512), 1234
     )
     assert cmd[1:3] == ["-m", "sglang.launch_server"]
     assert _flag(cmd, "--device") == "cpu" and _flag(cmd, "--attention-backend") == "torch_native"
@@ -67,6 +68,25 @@ def test_cpu_stand_ins_only_on_the_cpu_server_path(monkeypatch) -> None:
 def test_engine_config_names_the_bad_field(kwargs, field) -> None:
     with pytest.raises(ValueError, match=field):
         EngineConfig(**kwargs)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "node7", "::"])
+def test_network_host_without_an_api_key_is_refused(host: str) -> None:
+    with pytest.raises(ValueError, match=f"host '{host}' is not a loopback address: set api_key_env"):
+        EngineConfig(host=host)
+
+
+def test_api_key_comes_from_the_environment_and_never_enters_the_config(monkeypatch) -> None:
+    from megatron_s2l.configio import to_dict
+
+    engine = EngineConfig(host="0.0.0.0", api_key_env="S2L_TEST_KEY")
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert EngineConfig(host=host).api_key is None  # loopback needs no key
+    with pytest.raises(ValueError, match="S2L_TEST_KEY is unset"):
+        _ = engine.api_key
+    monkeypatch.setenv("S2L_TEST_KEY", "s3cret-value")
+    assert engine.api_key == "s3cret-value"
+    assert "s3cret-value" not in repr(to_dict(engine)) and "s3cret-value" not in repr(engine)
 
 
 def test_pool_config_rejects_fixed_port_for_several_engines() -> None:
