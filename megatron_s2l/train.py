@@ -17,11 +17,12 @@ import torch.distributed as dist
 from megatron_s2l.algo import mean_over_updates, ppo_mini_batch_rows, s2l_split
 from megatron_s2l.config import S2LConfig
 from megatron_s2l.learner.learner import Learner
+from megatron_s2l.rollout.pool import EnginePool
 from megatron_s2l.run.checkpoint import latest_checkpoint, load_run_checkpoint, save_run_checkpoint
 from megatron_s2l.run.experience import engine_logprob_gaps
 from megatron_s2l.run.rundir import RunDir
 from megatron_s2l.sync.manifest import read_weight_manifest
-from megatron_s2l.sync.weight_sync import WeightSync, pool_endpoints
+from megatron_s2l.sync.weight_sync import SyncResult, WeightSync, pool_endpoints
 
 _TRAIN_METRIC_NAMES = {"loss": "loss/total", "pg_loss": "loss/pg", "kl": "loss/kl", "entropy": "loss/entropy"}
 
@@ -41,6 +42,20 @@ def _logprob_temperatures(cfg: S2LConfig, step: int) -> list[float]:
     explorer_t = cfg.rollout.explorer_sampling.temperature or 1.0
     mixing = s2l_split(step, cfg.schedule.t_mix, cfg.schedule.group_size)[0] > 0
     return [learner_t, explorer_t] if mixing and explorer_t != learner_t else [learner_t]
+
+
+def sync_learner_engines(
+    sync: WeightSync, learner: Learner, version: int, pool: EnginePool | None
+) -> SyncResult:
+    """Bring the learner engines to the learner's weights (collective). The pool (the driver's) is
+    told the new version before anything is sent, so that samples from an engine that misses the
+    update count as stale, and records which engines hold it afterwards."""
+    if pool is not None:
+        pool.weight_version = str(version)
+    result = sync.update(learner.iter_hf_weights(), version, pool_endpoints(pool) if pool else None)
+    if pool is not None:
+        pool.server_versions.update(dict.fromkeys(result.updated, result.version))
+    return result
 
 
 def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
@@ -63,7 +78,6 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
         sync = WeightSync(
             cfg.sync,
             endpoints=_broadcast(pool_endpoints(driver.engines.learner) if driver else None),
-            pool=driver.engines.learner if driver else None,
             is_sender=layout.tp_rank == 0 and layout.dp_rank == 0,
             is_controller=is_driver,
             stage=layout.pp_rank,
@@ -77,7 +91,8 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
             start = loop["step"] + 1
             if driver:
                 driver.load_state_dict(loop["driver"])
-            sync.update(learner.iter_hf_weights(), version=loop["step"])  # engines start from the base model
+            # The engines start from the base model: bring them to the checkpoint's weights.
+            sync_learner_engines(sync, learner, loop["step"], driver.engines.learner if driver else None)
         if resume and driver:  # steps after the checkpoint run again: their old records go
             driver.logger.keep_steps_through(start - 1 if start > 1 else -1)
         if start == 1 and cfg.eval.every_steps and driver:  # the starting point of the eval curve
@@ -110,7 +125,7 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
             train_metrics = mean_over_updates(updates)
             metrics["time/train"] = time.perf_counter() - started
 
-            result = sync.update(learner.iter_hf_weights(), version=step)
+            result = sync_learner_engines(sync, learner, step, driver.engines.learner if driver else None)
             metrics.update(
                 {
                     "time/sync": result.seconds,
@@ -135,5 +150,7 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
                 loop_state = {"driver": driver.state_dict()} if driver else None
                 save_run_checkpoint(run.checkpoints, step, learner, loop_state, cfg.checkpoint.keep_last)
     finally:
+        if "sync" in locals():
+            sync.close()
         if driver:
             driver.close()

@@ -139,14 +139,7 @@ def sft_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int)
     with old log-probs equal to the current ones has exactly the token-mean NLL gradient)."""
     from megatron_s2l.learner.batch import TrainBatch
 
-    seqs = [p + r for p, r in zip(prompts, responses, strict=True)]
-    length = max(map(len, seqs))
-    input_ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    loss_mask = torch.zeros(len(seqs), length - 1)
-    for i, (p, s) in enumerate(zip(prompts, seqs, strict=True)):
-        input_ids[i, : len(s)] = torch.tensor(s)
-        loss_mask[i, len(p) - 1 : len(s) - 1] = 1.0
-    return TrainBatch(input_ids=input_ids, loss_mask=loss_mask, advantages=torch.ones(len(seqs)))
+    return TrainBatch.from_sequences(prompts, responses, torch.ones(len(prompts)), pad_id=pad_id)
 
 
 def _warmup(init_dir: Path, out_dir: Path, train_file: Path, model: ModelRecipe, recipe: DemoRecipe) -> None:

@@ -6,6 +6,7 @@ predicted token input_ids[:, t + 1] (the log-prob of that token given the tokens
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -41,6 +42,26 @@ class TrainBatch:
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != per_token:
                 raise ValueError(f"{name} must be {per_token}, got {tuple(value.shape)}")
+
+    @classmethod
+    def from_sequences(
+        cls,
+        prompts: Sequence[list[int]],
+        responses: Sequence[list[int]],
+        advantages: torch.Tensor,
+        *,
+        pad_id: int = 0,
+    ) -> TrainBatch:
+        """The right-padded batch of prompt + response token lists, the loss on the response tokens
+        (causal attention: padding never affects the real tokens before it)."""
+        seqs = [p + r for p, r in zip(prompts, responses, strict=True)]
+        input_ids = torch.full((len(seqs), max(map(len, seqs))), pad_id, dtype=torch.long)
+        loss_mask = torch.zeros(len(seqs), input_ids.shape[1] - 1)
+        for row, (prompt, seq) in enumerate(zip(prompts, seqs, strict=True)):
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            # Column t predicts token t + 1: the response is predicted from len(prompt) - 1 on.
+            loss_mask[row, len(prompt) - 1 : len(seq) - 1] = 1.0
+        return cls(input_ids=input_ids, loss_mask=loss_mask, advantages=advantages)
 
     @property
     def num_seqs(self) -> int:

@@ -47,14 +47,6 @@ def read_sequences(path: str | Path) -> list[list[int]]:
     return data
 
 
-def right_pad(sequences: list[list[int]]) -> torch.Tensor:
-    """[B, L_max] int64, padded with token 0 (causal attention: padding never affects real tokens)."""
-    input_ids = torch.zeros(len(sequences), max(len(s) for s in sequences), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        input_ids[i, : len(seq)] = torch.tensor(seq)
-    return input_ids
-
-
 def _compute(args_dict: dict) -> None:
     """Body of every rank: load the policy, run the forward-only pass, rank 0 writes the output."""
     import torch.distributed as dist
@@ -73,11 +65,8 @@ def _compute(args_dict: dict) -> None:
     sequences = read_sequences(args_dict["input"])
     if max(max(s) for s in sequences) >= arch.vocab_size:
         raise ValueError(f"{args_dict['input']}: a token id is >= the model's vocab size {arch.vocab_size}")
-    input_ids = right_pad(sequences)
-    num_seqs, length = input_ids.shape
-    batch = TrainBatch(
-        input_ids=input_ids, loss_mask=torch.zeros(num_seqs, length - 1), advantages=torch.zeros(num_seqs)
-    )
+    # Whole sequences as "prompts": log-probs are returned for every position, no loss is taken.
+    batch = TrainBatch.from_sequences(sequences, [[] for _ in sequences], torch.zeros(len(sequences)))
     logprobs_1BT, _ = compute_logprobs(
         model, batch, vocab_size=arch.vocab_size, temperatures=[args_dict["temperature"]], micro_batch_size=1
     )

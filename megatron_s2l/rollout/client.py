@@ -37,7 +37,6 @@ class _ServerFailure(Exception):
 class ClientStats:
     requests: int = 0
     resent_batches: int = 0
-    resent_aborted_samples: int = 0
 
 
 class RolloutClient:
@@ -90,7 +89,6 @@ class RolloutClient:
                     aborted.append(index)
                 else:
                     done[index] = record
-            self.stats.resent_aborted_samples += len(aborted)
             pending = aborted
             if not pending:
                 return [done[i] for i in range(len(chunk))]

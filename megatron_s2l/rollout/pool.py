@@ -38,7 +38,6 @@ class EnginePool:
         """The version every server should hold (set by the weight sync)."""
         self.server_versions: dict[str, str] = {}
         self.restarts = 0
-        self.drops = 0
         self._generation: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -92,10 +91,6 @@ class EnginePool:
         server = min(self.servers, key=lambda s: self.in_flight[s.url])
         return server, self._generation[server.url]
 
-    def stale_servers(self) -> list[str]:
-        """URLs of servers whose weights are not the pool's current version."""
-        return [s.url for s in self.servers if self.server_versions.get(s.url) != self.weight_version]
-
     async def handle_failure(self, server: EngineServer, generation: int, error: BaseException) -> None:
         """After a failed request on `server` (as of `generation`): restart or drop it if it is down."""
         lock = self._locks.setdefault(server.url, asyncio.Lock())
@@ -108,7 +103,6 @@ class EnginePool:
             if self.config.on_failure == "drop" and len(self.servers) > 1:
                 await asyncio.to_thread(server.stop)
                 self.servers.remove(server)
-                self.drops += 1
                 return
             await asyncio.to_thread(server.restart)
             self._register(server)

@@ -56,9 +56,6 @@ class RolloutGroup:
     prompt_id: str
     records: list[RolloutRecord]
 
-    def count(self, source: Source) -> int:
-        return sum(record.source == source for record in self.records)
-
 
 @dataclass(slots=True)
 class RolloutBatch:

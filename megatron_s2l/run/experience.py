@@ -102,15 +102,9 @@ def build_experience(scored: ScoredGroups, algo: AlgoConfig, pad_id: int) -> Exp
     correct = torch.tensor([c for cs in scored.correct for c in cs])
     group_index = torch.tensor([g for g, rs in enumerate(scored.rewards) for _ in rs])
     advantages = grpo_advantages(rewards, group_index, norm_by_std=algo.norm_adv_by_std)
-    seqs = [r.prompt_ids + r.response_ids for r in records]
-    length = max(map(len, seqs))
-    input_ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    loss_mask = torch.zeros(len(seqs), length - 1)
-    for row, (record, seq) in enumerate(zip(records, seqs, strict=True)):
-        input_ids[row, : len(seq)] = torch.tensor(seq)
-        # Column t predicts token t + 1: the response's tokens are predicted from len(prompt) - 1 on.
-        loss_mask[row, len(record.prompt_ids) - 1 : len(seq) - 1] = 1.0
-    batch = TrainBatch(input_ids=input_ids, loss_mask=loss_mask, advantages=advantages)
+    batch = TrainBatch.from_sequences(
+        [r.prompt_ids for r in records], [r.response_ids for r in records], advantages, pad_id=pad_id
+    )
     return Experience(batch, records, rewards, correct, _metrics(records, rewards, correct, advantages))
 
 

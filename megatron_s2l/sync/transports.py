@@ -272,30 +272,29 @@ class DistributedTransport(Transport):
                 )
             _raise_first(results)
         except BaseException:
-            self._abandon_group()
+            self.reset(pending=True)
             raise
 
-    def _abandon_group(self) -> None:
-        """After a failed bucket: tell the engines to drop the group, and drop ours without waiting.
-
-        Destroying a gloo group with a broadcast still pending blocks until the group time-out; the
-        pending work instead ends on its own at that time-out, in gloo's thread, and the next bucket
-        builds a fresh group.
-        """
-        for endpoint in self._endpoints:
-            with contextlib.suppress(EngineRequestError):
-                endpoint.post("/destroy_weights_update_group", {"group_name": self._group_name}, 10.0)
-        self._group, self._group_name, self._members, self._endpoints = None, "", (), []
-
-    def reset(self) -> None:
+    def reset(self, *, pending: bool = False) -> None:
+        """Tell the engines to drop the sync group, and drop ours. With a broadcast still `pending`
+        (a failed bucket), our side must not wait for it: destroying a gloo group then blocks until
+        the group time-out, so the group is only forgotten (its pending work ends at that time-out
+        in gloo's thread); an NCCL communicator is aborted instead, which cancels its pending work
+        (NOTE: the NCCL branch has not run on a GPU yet). The next bucket builds a fresh group."""
         if self._group is None:
             return
         for endpoint in self._endpoints:
             with contextlib.suppress(EngineRequestError):
                 endpoint.post("/destroy_weights_update_group", {"group_name": self._group_name}, 10.0)
-        with contextlib.suppress(Exception):
-            dist.destroy_process_group(self._group)
+        group = self._group
         self._group, self._group_name, self._members, self._endpoints = None, "", (), []
+        if pending and self.backend != "nccl":
+            return
+        with contextlib.suppress(Exception):
+            if pending:
+                dist.distributed_c10d._abort_process_group(group)
+            else:
+                dist.destroy_process_group(group)
 
 
 def _first(errors: list[BaseException | None]) -> BaseException:

@@ -1,7 +1,7 @@
 """Per-step weight sync from the learner into the learner engines (never the explorer).
 
-    sync = WeightSync(config.sync, endpoints=pool_endpoints(learner_pool), pool=learner_pool)  # driver
-    result = sync.update(iter_hf_weights(...), version=step)     # on every learner rank, after step
+    sync = WeightSync(config.sync, endpoints=pool_endpoints(learner_pool))       # on every learner rank
+    result = sync.update(iter_hf_weights(...), version=step, endpoints=...)    # after each step
 
 `update` is collective over the learner's ranks when torch.distributed is initialised: every rank
 drives the (collective) export iterator; only the rank 0 of each pipeline stage (`is_sender`) sends
@@ -12,13 +12,14 @@ talks to the engines about the update as a whole, in this order:
     -> [begin_weight_update] -> senders send their buckets -> [apply, end_weight_update]
     -> continue generation
 
-Ranks with nothing to send wait at two all-reduces that double as barriers and agree on failure: a
-rank that fails (engine unreachable, a tensor not in the engine's manifest, a send that keeps
-failing) still drives the export to its end, and then every rank raises WeightSyncError instead of
-one rank leaving the others waiting. A bucket that fails is retried first (after dropping engines
+Ranks with nothing to send wait at three all-reduces (after the pause, the sends and the apply) that
+double as barriers and agree on failure: a rank that fails (engine unreachable, a tensor not in the
+engine's manifest, a send that keeps failing, an apply the engines refuse) still drives the export
+to its end, and then every rank raises WeightSyncError instead of one rank leaving the others
+waiting. A bucket that fails is retried first (after dropping engines
 that no longer answer /health from this update).
-The pool's expected version moves to the new one before anything is sent, so samples from an engine
-that missed the update are counted as stale by the sampler.
+The sync knows endpoints, not engine pools: it returns what it did (`SyncResult.updated`, `.missed`)
+and the caller keeps the pool's weight versions (`megatron_s2l.train.sync_learner_engines`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from megatron_s2l.rollout.server import http_get_ok
 from megatron_s2l.sync.buckets import Bucket, iter_buckets
 from megatron_s2l.sync.config import SyncConfig
 from megatron_s2l.sync.engine_http import EngineEndpoint, EngineRequestError
-from megatron_s2l.sync.manifest import WeightManifestError, check_against_manifest, read_weight_manifest
+from megatron_s2l.sync.manifest import WeightManifestError, check_against_manifest
 from megatron_s2l.sync.transports import DiskTransport, DistributedTransport, TensorTransport, Transport
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,6 @@ class WeightSync:
         config: SyncConfig,
         *,
         endpoints: list[EngineEndpoint],
-        pool: EnginePool | None = None,
         is_sender: bool = True,
         is_controller: bool = True,
         stage: int = 0,
@@ -120,23 +120,27 @@ class WeightSync:
     ) -> None:
         if is_controller and not endpoints:
             raise ValueError("the controller needs the learner engines' endpoints")
-        self.config, self.endpoints, self.pool = config, list(endpoints), pool
+        self.config, self.endpoints = config, list(endpoints)
         self.is_sender, self.is_controller = is_sender, is_controller
         self.num_stages = num_stages
-        if manifest is None and pool is not None:
-            manifest = read_weight_manifest(pool.model_path)
         self.manifest = manifest
         """{hf_name: shape} the engines serve; every tensor sent is checked against it (None: no check)."""
         self.transport = build_transport(config, stage) if is_sender or is_controller else None
 
-    def update(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str | int) -> SyncResult:
-        """Send one version of the weights; every learner rank calls this (see the module doc)."""
+    def update(
+        self,
+        named_tensors: Iterable[tuple[str, torch.Tensor]],
+        version: str | int,
+        endpoints: list[EngineEndpoint] | None = None,
+    ) -> SyncResult:
+        """Send one version of the weights; every learner rank calls this (see the module doc).
+        `endpoints` (the controller's): the engines to update now, when they changed since the last
+        update (a pool that dropped or restarted a server)."""
         version = str(version)
         started = time.perf_counter()
         result = SyncResult(version=version, seconds=0.0, bytes_sent=0, buckets=0)
-        if self.pool is not None:
-            self.endpoints = pool_endpoints(self.pool)  # the pool may have dropped a server
-            self.pool.weight_version = version  # from now on, older samples count as stale
+        if endpoints is not None:
+            self.endpoints = list(endpoints)
         endpoints = list(self.endpoints)
         tensors = iter(named_tensors)
         error: BaseException | None = None
@@ -150,15 +154,16 @@ class WeightSync:
                 pass
             _raise_if_any_rank_failed(error, "sending the weights")
             if self.is_controller and self.transport is not None:
-                self._with_retries(lambda: self.transport.apply(endpoints, version), endpoints, result)
+                transport = self.transport
+                error = _capture(
+                    lambda: self._with_retries(lambda: transport.apply(endpoints, version), endpoints, result)
+                )
+            _raise_if_any_rank_failed(error, "applying the weights")  # every rank raises, not only rank 0
         finally:
             if self.is_controller:
                 self._release_engines(endpoints)
         result.updated = [e.url for e in endpoints]
         result.missed = [e.url for e in self.endpoints if e not in endpoints]
-        if self.pool is not None:
-            for url in result.updated:
-                self.pool.server_versions[url] = version
         result.seconds = time.perf_counter() - started
         return result
 

@@ -13,7 +13,7 @@ from megatron_s2l.learner.batch import TrainBatch
 from megatron_s2l.learner.checkpoint import resolve_checkpoint
 from megatron_s2l.learner.hf_config import read_qwen3_config
 from megatron_s2l.learner.learner import LearnerConfig
-from megatron_s2l.learner.logprobs_cli import read_sequences, right_pad
+from megatron_s2l.learner.logprobs_cli import read_sequences
 from megatron_s2l.learner.optimizer import OptimizerConfig
 from megatron_s2l.learner.parallel import ParallelConfig, check_parallel_sizes
 
@@ -128,7 +128,11 @@ def test_logprobs_cli_input(tmp_path: Path) -> None:
     path = tmp_path / "in.json"
     path.write_text("[[1, 2, 3], [4]]")
     assert read_sequences(path) == [[1, 2, 3], [4]]
-    assert torch.equal(right_pad([[1, 2, 3], [4]]), torch.tensor([[1, 2, 3], [4, 0, 0]]))
+    batch = TrainBatch.from_sequences([[1, 2, 3], [4]], [[], []], torch.zeros(2))
+    assert torch.equal(batch.input_ids, torch.tensor([[1, 2, 3], [4, 0, 0]])) and batch.loss_mask.sum() == 0
+    batch = TrainBatch.from_sequences([[1, 2], [3]], [[5, 6], [7]], torch.ones(2), pad_id=9)
+    assert batch.input_ids.tolist() == [[1, 2, 5, 6], [3, 7, 9, 9]]
+    assert batch.loss_mask.tolist() == [[0, 1, 1], [1, 0, 0]]  # column t predicts token t + 1
     path.write_text('[[1, 2], [3, "x"]]')
     with pytest.raises(ValueError, match="entry 1"):
         read_sequences(path)

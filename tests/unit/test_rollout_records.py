@@ -55,7 +55,10 @@ def test_assemble_groups_rejects_missing_or_duplicate_samples() -> None:
         _record("b", 1, "learner"),
     ]
     groups = _assemble_groups(prompts, explorer, learner, 1, 2)
-    assert [(g.prompt_id, g.count("explorer"), g.count("learner")) for g in groups] == [
+    assert [
+        (g.prompt_id, *(sum(r.source == s for r in g.records) for s in ("explorer", "learner")))
+        for g in groups
+    ] == [
         ("a", 1, 2),
         ("b", 1, 2),
     ]

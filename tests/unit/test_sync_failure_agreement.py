@@ -37,7 +37,7 @@ def _sender_fails_mid_export(rank: int, world_size: int) -> str:
 
 
 def _controller_cannot_reach_engine(rank: int, world_size: int) -> str:
-    from megatron_s2l.rollout.server import find_free_port
+    from megatron_s2l.net import find_free_port
 
     dead = EngineEndpoint(f"http://127.0.0.1:{find_free_port()}")  # nothing listens there
     sync = WeightSync(
@@ -51,6 +51,39 @@ def _controller_cannot_reach_engine(rank: int, world_size: int) -> str:
     except WeightSyncError as error:
         return str(error)
     return "no error"
+
+
+def _apply_fails_on_the_controller(rank: int, world_size: int, disk_dir: str) -> str:
+    """Fault injection: the engines accept the pause and the buckets, then reject the final apply
+    (e.g. `/update_weights_from_disk` answering 400). No engine runs here, so the pause/resume calls
+    are switched off and the transport's `apply` raises what an engine's refusal raises."""
+    from megatron_s2l.net import find_free_port
+    from megatron_s2l.sync.engine_http import EngineRequestError
+
+    sync = WeightSync(
+        SyncConfig(transport="disk", disk_dir=disk_dir, timeout_s=5.0, max_retries=0),
+        endpoints=[EngineEndpoint(f"http://127.0.0.1:{find_free_port()}")],
+        is_sender=rank == 0,
+        is_controller=rank == 0,
+    )
+    if rank == 0:
+        sync._prepare_engines = sync._release_engines = lambda endpoints: None
+
+        def refuse(endpoints, version):
+            raise EngineRequestError("/update_weights_from_disk answered 400: cannot load")
+
+        sync.transport.apply = refuse
+    try:
+        sync.update(_collective_export(["a"]), version=1)
+    except WeightSyncError as error:
+        return str(error)
+    return "no error"
+
+
+def test_apply_failure_fails_every_rank(tmp_path) -> None:
+    controller, other = run_ranks(_apply_fails_on_the_controller, 2, str(tmp_path), timeout=120)
+    assert "answered 400" in controller
+    assert "failed on another learner rank while applying the weights" in other
 
 
 def test_sender_failure_mid_export_fails_every_rank() -> None:
