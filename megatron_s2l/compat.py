@@ -1,4 +1,6 @@
-"""The only place where megatron-s2l adapts megatron-core 0.16.1 to machines without CUDA.
+"""The only place where megatron-s2l works around megatron-core 0.16.1: on machines without CUDA
+(below), and two defects of its distributed-optimizer checkpoint state (the last two functions,
+used by `megatron_s2l.learner.checkpoint` on every machine).
 
 megatron-core assumes a GPU in a few places even when every tensor it touches lives on the CPU.
 `activate_cpu_compat()` (called by `megatron_s2l.learner.parallel.init_distributed`, a no-op when
@@ -125,3 +127,29 @@ def activate_cpu_compat() -> bool:
 
 def is_cpu_compat_active() -> bool:
     return _ACTIVE_MODE is not None
+
+
+# Checkpoint-state defects of megatron-core 0.16.1 (on every machine, GPU included).
+
+
+def mark_unpadded_param_state(param_state: dict) -> dict:
+    """NOTE: megatron-core 0.16.1's `load_parameter_state_from_dp_reshardable` reads a `padding` flag
+    per parameter entry that its own `get_parameter_state_dp_reshardable` does not write (its
+    dist-checkpointing path adds it); every entry the getter returns is a real parameter."""
+    for key, dtype_state in param_state.items():
+        if isinstance(key, int):
+            for buckets in dtype_state.values():
+                for bucket in buckets:
+                    for entry in bucket:
+                        entry["padding"] = False
+    return param_state
+
+
+def unshare_adam_steps(optimizer) -> None:
+    """NOTE: with torch's Adam (no Apex/TE), megatron-core 0.16.1's DistributedOptimizer.load_state_dict
+    puts ONE `step` tensor into every parameter's state; torch's foreach Adam then increments it once
+    per parameter per step, corrupting bias correction. Give each parameter its own copy."""
+    for part in getattr(optimizer, "chained_optimizers", [optimizer]):
+        for param_state in part.optimizer.state.values():
+            if torch.is_tensor(param_state.get("step")):
+                param_state["step"] = param_state["step"].clone()

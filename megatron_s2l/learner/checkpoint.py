@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from megatron_s2l.compat import mark_unpadded_param_state, unshare_adam_steps
 from megatron_s2l.learner.model import unwrap_model
 
 _META = "meta.json"
@@ -39,29 +40,6 @@ def _distributed_optimizers(optimizer) -> list:
 
     parts = getattr(optimizer, "chained_optimizers", [optimizer])
     return [part for part in parts if isinstance(part, DistributedOptimizer)]
-
-
-def _mark_unpadded(param_state: dict) -> dict:
-    """NOTE: megatron-core 0.16.1's `load_parameter_state_from_dp_reshardable` reads a `padding` flag
-    per parameter entry that its own `get_parameter_state_dp_reshardable` does not write (its
-    dist-checkpointing path adds it); every entry the getter returns is a real parameter."""
-    for key, dtype_state in param_state.items():
-        if isinstance(key, int):
-            for buckets in dtype_state.values():
-                for bucket in buckets:
-                    for entry in bucket:
-                        entry["padding"] = False
-    return param_state
-
-
-def _unshare_adam_steps(optimizer) -> None:
-    """NOTE: with torch's Adam (no Apex/TE), megatron-core 0.16.1's DistributedOptimizer.load_state_dict
-    puts ONE `step` tensor into every parameter's state; torch's foreach Adam then increments it once
-    per parameter per step, corrupting bias correction. Give each parameter its own copy."""
-    for part in getattr(optimizer, "chained_optimizers", [optimizer]):
-        for param_state in part.optimizer.state.values():
-            if torch.is_tensor(param_state.get("step")):
-                param_state["step"] = param_state["step"].clone()
 
 
 def save_checkpoint(
@@ -86,7 +64,7 @@ def save_checkpoint(
     # The distributed optimizer keeps its per-parameter state (main params, Adam moments, and the
     # step count with torch's Adam) apart, sharded over DP: each rank stores its own shard.
     state["optimizer_param_state"] = [
-        _mark_unpadded(part.get_parameter_state_dp_reshardable())
+        mark_unpadded_param_state(part.get_parameter_state_dp_reshardable())
         for part in _distributed_optimizers(optimizer)
     ]
     torch.save(state, _rank_file(partial))
@@ -145,7 +123,7 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, lr
         _distributed_optimizers(optimizer), state["optimizer_param_state"], strict=True
     ):
         part.load_parameter_state_from_dp_reshardable(part_state)
-    _unshare_adam_steps(optimizer)
+    unshare_adam_steps(optimizer)
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     torch.set_rng_state(state["rng"])
     dist.barrier()

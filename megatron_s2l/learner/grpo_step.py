@@ -171,8 +171,9 @@ def train_step(
 ) -> dict[str, float]:
     """One optimizer step on the global batch; returns the global metrics on every rank.
 
-    A non-finite global loss skips the update on every rank (metrics report `skipped` = 1); the
-    gradients are discarded by the next step's zeroing.
+    A non-finite global loss, or a non-finite gradient norm with a finite loss (e.g. an overflow in
+    backward), skips the update on every rank (metrics report `skipped` = 1; the learning-rate
+    schedule does not advance); the gradients are discarded by the next step's zeroing.
     """
     from megatron.core import parallel_state
 
@@ -216,9 +217,17 @@ def train_step(
     metrics = _broadcast_from_last_stage(metrics)
     if not math.isfinite(metrics["loss"]):
         return {**metrics, "grad_norm": float("nan"), "lr": optimizer.param_groups[0]["lr"], "skipped": 1.0}
+    # Megatron's fp32 and bf16 optimizers apply whatever gradient they get: look at its norm first
+    # (the same collective norm `step` clips with). NOTE: `prepare_grads` only copies the model's
+    # gradients into the main ones here (no loss scaler with fp32/bf16), so `step` repeating it is
+    # harmless.
+    found_inf = optimizer.prepare_grads()
+    grad_norm = float(optimizer.get_grad_norm())
+    if found_inf or not math.isfinite(grad_norm):
+        return {**metrics, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"], "skipped": 1.0}
     # NOTE: the scheduler steps first, so optimizer step k (1-based) uses lr(k): warmup reaches the
     # peak lr at step warmup_steps instead of spending step 1 at lr 0.
     lr_scheduler.step(1)
-    _, grad_norm, _ = optimizer.step()
-    grad_norm = float("nan") if grad_norm is None else float(grad_norm)
+    _, clipped_norm, _ = optimizer.step()
+    grad_norm = grad_norm if clipped_norm is None else float(clipped_norm)
     return {**metrics, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"], "skipped": 0.0}

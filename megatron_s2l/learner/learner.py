@@ -42,6 +42,9 @@ class LearnerConfig:
     """The vocabulary is padded to a multiple of this times TP (padded logits are masked)."""
     recompute_activations: bool = False
     """Recompute each layer in backward instead of keeping its activations (saves memory)."""
+    max_consecutive_skips: int = 5
+    """Stop the run with an error once this many optimizer updates in a row were skipped for a
+    non-finite loss or gradient norm (a diverged run); 0 never stops."""
     reference_offload: bool = False
     """With the KL loss: keep the frozen reference weights in host memory and move them onto the GPU
     only for the once-per-step reference forward (what a 14B run needs)."""
@@ -49,6 +52,8 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         if self.vocab_pad_multiple < 1:
             raise ValueError(f"vocab_pad_multiple must be >= 1, got {self.vocab_pad_multiple}")
+        if self.max_consecutive_skips < 0:
+            raise ValueError(f"max_consecutive_skips must be >= 0, got {self.max_consecutive_skips}")
 
     def resolved_dtype(self) -> torch.dtype:
         if self.params_dtype == "auto":
@@ -79,6 +84,10 @@ def load_hf_policy(cfg: LearnerConfig, hf_dir: str | Path) -> LoadedPolicy:
     model = build_gpt_model(arch, tf_config, vocab_pad_multiple=cfg.vocab_pad_multiple)
     load_hf_weights(model, hf_dir, arch)
     return LoadedPolicy(arch, raw, layout, tf_config, model)
+
+
+class NonFiniteUpdatesError(RuntimeError):
+    """Too many optimizer updates in a row had a non-finite loss or gradient norm."""
 
 
 class ReferencePolicy:
@@ -183,6 +192,8 @@ class Learner:
         """The frozen base policy of the KL loss (built only when loss.kl_coef > 0)."""
         self.step = 0
         """Optimizer updates made so far."""
+        self.skips_in_a_row = 0
+        """Updates skipped (non-finite loss or gradient norm) since the last applied one."""
 
     @classmethod
     def from_hf(
@@ -265,6 +276,17 @@ class Learner:
         )
         if not metrics["skipped"]:
             self.step += 1
+            self.skips_in_a_row = 0
+            return metrics
+        self.skips_in_a_row += 1
+        limit = self.cfg.max_consecutive_skips
+        if limit and self.skips_in_a_row >= limit:
+            raise NonFiniteUpdatesError(
+                f"{self.skips_in_a_row} optimizer updates in a row were skipped for a non-finite loss "
+                f"({metrics['loss']}) or gradient norm ({metrics['grad_norm']}) after update {self.step}: "
+                "the run has diverged (learner.max_consecutive_skips); resume from an earlier checkpoint "
+                "with a lower learning rate"
+            )
         return metrics
 
     def iter_hf_weights(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:

@@ -8,6 +8,7 @@ Gloo ranks; needs 0 GPUs.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ def _rank_body(rank: int, world_size: int, hf_dir: str, ckpt_dir: str, distribut
         optimizer=OptimizerConfig(lr=1e-4, min_lr=1e-5, warmup_steps=2, decay_steps=10, lr_schedule="cosine"),
         params_dtype=dtype,
         vocab_pad_multiple=48,
+        max_consecutive_skips=3,
     )
     learner = Learner.from_hf(cfg, hf_dir)
     batch = grpo_batch(learner.arch.vocab_size)
@@ -49,12 +51,45 @@ def _rank_body(rank: int, world_size: int, hf_dir: str, ckpt_dir: str, distribut
     resumed_metrics = resumed.train_step(batch)
     resumed_weights = dict(resumed.iter_hf_weights())
 
-    # A non-finite loss (here: NaN advantages) skips the update and is reported, not applied.
+    # A finite loss whose gradient is not (fault injection: a hook turns one weight's gradient into
+    # NaN, as an overflow in backward would) skips the update too: the optimizer never sees it.
+    from megatron_s2l.learner.learner import NonFiniteUpdatesError
+    from megatron_s2l.learner.model import unwrap_model
+
+    hook = next(unwrap_model(resumed.model).parameters()).register_hook(
+        lambda g: torch.full_like(g, float("nan"))
+    )
+    grad_metrics = resumed.train_step(batch)
+    hook.remove()
+    untouched = all(torch.equal(t, resumed_weights[n]) for n, t in resumed.iter_hf_weights())
+    grad_outcome = (
+        grad_metrics["skipped"],
+        math.isfinite(grad_metrics["loss"]),
+        grad_metrics["grad_norm"],
+        untouched,
+    )
+
+    # A non-finite loss (here: NaN advantages) skips the update and is reported, not applied; with
+    # learner.max_consecutive_skips = 3 the third skip in a row stops the run with a clear error.
     batch.advantages = torch.full_like(batch.advantages, float("nan"))
     nan_metrics = resumed.train_step(batch)
-    untouched = all(torch.equal(t, resumed_weights[n]) for n, t in resumed.iter_hf_weights())
+    untouched = untouched and all(torch.equal(t, resumed_weights[n]) for n, t in resumed.iter_hf_weights())
     nan_outcome = (nan_metrics["skipped"], resumed.step, untouched)
-    return history, expected_weights, resumed_step, resumed_metrics, resumed_weights, nan_outcome
+    try:
+        resumed.train_step(batch)
+        stopped = ""
+    except NonFiniteUpdatesError as error:
+        stopped = str(error)
+    return (
+        history,
+        expected_weights,
+        resumed_step,
+        resumed_metrics,
+        resumed_weights,
+        nan_outcome,
+        grad_outcome,
+        stopped,
+    )
 
 
 @pytest.fixture(scope="module", params=list(SETUPS))
@@ -80,7 +115,7 @@ def test_steps_lower_the_loss_with_warmup_lr(run) -> None:
 def test_resume_reproduces_next_step_exactly(run) -> None:
     results, ckpt_dir = run
     assert ckpt_dir.exists() and not ckpt_dir.with_name("step3.partial").exists()
-    for history, expected_weights, resumed_step, resumed_metrics, resumed_weights, _ in results:
+    for history, expected_weights, resumed_step, resumed_metrics, resumed_weights, *_ in results:
         assert resumed_step == 3
         assert resumed_metrics == history[3]  # loss, grad norm, lr: bit-identical
         assert resumed_weights.keys() == expected_weights.keys()
@@ -89,5 +124,15 @@ def test_resume_reproduces_next_step_exactly(run) -> None:
 
 
 def test_non_finite_loss_skips_the_update(run) -> None:
-    for *_, (skipped, step, weights_untouched) in run[0]:
+    for *_, (skipped, step, weights_untouched), _, _ in run[0]:
         assert skipped == 1.0 and step == 4 and weights_untouched
+
+
+def test_non_finite_gradient_norm_skips_the_update(run) -> None:
+    for *_, (skipped, loss_finite, grad_norm, weights_untouched), _ in run[0]:
+        assert skipped == 1.0 and loss_finite and math.isnan(grad_norm) and weights_untouched
+
+
+def test_consecutive_skips_stop_the_run(run) -> None:
+    for *_, stopped in run[0]:
+        assert "3 optimizer updates in a row were skipped" in stopped and "max_consecutive_skips" in stopped
