@@ -1,10 +1,12 @@
-"""Weight sync from a Megatron learner at TP=2 (two gloo ranks) into the real learner engine.
+"""Weight sync from a Megatron learner on two gloo ranks into the real learner engine, at TP=2 (one
+pipeline stage: rank 0 sends, rank 1 drives the collective export and waits on the barrier) and at
+PP=2 (two stages: each stage's rank sends its own layers; the distributed transport opens one group
+per stage, in stage order).
 
 Each transport in turn: one GRPO train step moves the learner's weights, `WeightSync.update` streams
-`Learner.iter_hf_weights()` (only rank 0, the sender of the single pipeline stage, sends; rank 1
-drives the collective export and waits on the barrier), then the engine's greedy tokens must have
-the learner's own log-probs (`Learner.compute_logprobs`, float32) within LOGPROB_ATOL, and differ
-from the weights before the step. Needs 0 GPUs.
+`Learner.iter_hf_weights()`, then the engine's greedy tokens must have the learner's own log-probs
+(`Learner.compute_logprobs`, float32) within LOGPROB_ATOL, and differ from the weights before the
+step. Needs 0 GPUs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ pytestmark = pytest.mark.slow
 NEW_TOKENS = 10
 
 
-def _rank_body(rank: int, world_size: int, hf_dir: str, url: str, disk_dir: str, prompt: list[int]) -> list:
+LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2)}  # name -> (tensor_parallel, pipeline_parallel)
+
+
+def _rank_body(
+    rank: int, world_size: int, hf_dir: str, url: str, disk_dir: str, prompt: list[int], tp: int, pp: int
+) -> list:
     import torch
     import torch.distributed as dist
     from rollout_reference import engine_greedy, logprobs_of
@@ -35,7 +42,8 @@ def _rank_body(rank: int, world_size: int, hf_dir: str, url: str, disk_dir: str,
     from megatron_s2l.sync.manifest import read_weight_manifest
     from megatron_s2l.sync.weight_sync import WeightSync
 
-    cfg = LearnerConfig(parallel=ParallelConfig(tensor_parallel=2), optimizer=OptimizerConfig(lr=0.05))
+    parallel = ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp)
+    cfg = LearnerConfig(parallel=parallel, optimizer=OptimizerConfig(lr=0.05))
     learner = Learner.from_hf(cfg, hf_dir, temperature=1.0)  # the engine's log-probs are at temperature 1
     layout = learner.layout
     is_sender = layout.tp_rank == 0 and layout.dp_rank == 0  # rank 0 of its pipeline stage
@@ -78,18 +86,23 @@ def _rank_body(rank: int, world_size: int, hf_dir: str, url: str, disk_dir: str,
     return results
 
 
-def test_sync_from_megatron_tp2_makes_engine_equal_learner(rollout_engines, tiny_models, tmp_path) -> None:
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_sync_from_megatron_makes_engine_equal_learner(
+    rollout_engines, tiny_models, tmp_path, layout
+) -> None:
     url = rollout_engines.learner.servers[0].url
     prompt = [random.randrange(3, 400) for _ in range(6)]
-    results = run_ranks(
-        _rank_body, 2, str(tiny_models["learner"]), url, str(tmp_path / "sync"), prompt, timeout=600
-    )
-    rank0, rank1 = results
+    tp, pp = LAYOUTS[layout]
+    hf_dir, sync_dir = str(tiny_models["learner"]), str(tmp_path / "sync")
+    rank0, rank1 = run_ranks(_rank_body, 2, hf_dir, url, sync_dir, prompt, tp, pp, timeout=600)
     for (transport, tokens, engine_lp, own_lp, version, sent), other in zip(rank0, rank1, strict=True):
         assert version == f"megatron-{transport}"
-        assert sent > 0 and other[5] == 0, "only the stage's rank 0 sends"
+        if pp == 1:
+            assert sent > 0 and other[5] == 0, "only the stage's rank 0 sends"
+        else:
+            assert sent > 0 and other[5] > 0, "each stage's rank 0 sends its own layers"
         assert len(tokens) == NEW_TOKENS
         assert engine_lp == pytest.approx(own_lp, abs=LOGPROB_ATOL), transport
-        assert other[3] == pytest.approx(own_lp, abs=1e-5)  # both TP ranks agree on the learner's view
+        assert other[3] == pytest.approx(own_lp, abs=1e-5)  # both ranks agree on the learner's view
         before = hf_token_logprobs(tiny_models["learner"], prompt, tokens)
         assert max(abs(a - b) for a, b in zip(engine_lp, before, strict=True)) > 1e-3, "weights did not move"
