@@ -22,6 +22,7 @@ from megatron_s2l.run.rundir import RunDir
 def preflight(cfg: S2LConfig) -> None:
     """Everything that can be checked before a rank or server starts, with errors naming the key."""
     from megatron_s2l.learner.hf_config import read_qwen3_config
+    from megatron_s2l.learner.hf_loader import SafetensorsSource
     from megatron_s2l.learner.parallel import check_parallel_sizes
     from megatron_s2l.rollout.tokenizer_check import check_same_tokenizer
 
@@ -38,6 +39,10 @@ def preflight(cfg: S2LConfig) -> None:
     for key, path in paths[:2] if cfg.schedule.t_mix > 0 else paths[:1]:
         if not (Path(path) / "config.json").is_file():
             raise ConfigError(f"{key}: {path!r} is not a Hugging Face checkpoint (no config.json)")
+        try:
+            SafetensorsSource(path)  # every weight file there, shards included
+        except FileNotFoundError as e:
+            raise ConfigError(f"{key}: {e}") from e
     if cfg.schedule.t_mix > 0:
         check_same_tokenizer(cfg.model.explorer, cfg.model.learner)
     arch, _ = read_qwen3_config(cfg.model.learner)

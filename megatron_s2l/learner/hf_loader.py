@@ -25,6 +25,9 @@ class SafetensorsSource:
         if index.exists():
             weight_map = json.loads(index.read_text())["weight_map"]
             self._file_of = {name: hf_dir / fname for name, fname in weight_map.items()}
+            missing = sorted({str(path) for path in self._file_of.values() if not path.is_file()})
+            if missing:
+                raise FileNotFoundError(f"{index} names weight files that are missing: {', '.join(missing)}")
         elif (hf_dir / "model.safetensors").exists():
             single = hf_dir / "model.safetensors"
             with safe_open(str(single), framework="pt") as f:

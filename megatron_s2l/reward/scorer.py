@@ -58,6 +58,9 @@ class RewardResult:
     pred: str
     timed_out: bool = False
     """True when scoring ran past the time limit: score is then the wrong-answer score, pred ""."""
+    crashed: bool = False
+    """True when the worker died while scoring it (killed, out of memory, a crash in native code):
+    the wrong-answer score, pred "", and a fresh worker takes its place."""
 
 
 def _serve(conn: Connection) -> None:
@@ -135,8 +138,9 @@ class RewardScorer:
         """Results in item order.
 
         An item over the time limit gets its data source's wrong-answer score, acc False, pred "" and
-        timed_out True. Raises ValueError for an unknown data source (before scoring anything) and
-        RuntimeError when a reward function raises or a worker dies.
+        timed_out True; one whose worker dies while scoring it, the same with crashed True (and a
+        fresh worker). Raises ValueError for an unknown data source (before scoring anything) and
+        RuntimeError when a reward function raises or a worker dies while starting.
         """
         if not self._workers:
             raise RuntimeError("RewardScorer is closed")
@@ -154,7 +158,7 @@ class RewardScorer:
                 answered = wait([worker.conn for worker in waiting], wait_s)
                 for worker in waiting:
                     if worker.conn in answered:
-                        self._receive(worker, items, results)
+                        self._receive(worker, items, results, wrong_scores)
                     elif time.monotonic() > worker.deadline:
                         self._expire(worker, items, results, wrong_scores)
         except BaseException:
@@ -164,15 +168,30 @@ class RewardScorer:
         return cast(list[RewardResult], results)  # the loop ends once every item has a result
 
     def _receive(
-        self, worker: _Worker, items: Sequence[tuple[str, str, str]], results: list[RewardResult | None]
+        self,
+        worker: _Worker,
+        items: Sequence[tuple[str, str, str]],
+        results: list[RewardResult | None],
+        wrong_scores: list[float],
     ) -> None:
         try:
             message = worker.conn.recv()
         except EOFError:
-            doing = f"scoring item {worker.index}" if worker.index is not None else "starting"
-            raise RuntimeError(
-                f"reward worker (pid {worker.process.pid}) exited while {doing}; see its stderr"
-            ) from None
+            index = worker.index
+            if index is None:  # not item-specific (e.g. an import error): a fresh worker would too
+                raise RuntimeError(
+                    f"reward worker (pid {worker.process.pid}) exited while starting; see its stderr"
+                ) from None
+            logger.warning(
+                "reward worker %d died while scoring item %d (data source %r): scored as wrong, "
+                "worker replaced",
+                worker.process.pid,
+                index,
+                items[index][0],
+            )
+            results[index] = RewardResult(score=wrong_scores[index], acc=False, pred="", crashed=True)
+            self._replace(lambda candidate: candidate is worker)
+            return
         if message == _READY:
             worker.ready = True
             return

@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 from typing import Literal
 
-from megatron_s2l.net import find_free_port
+from megatron_s2l.net import find_free_port, port_is_free
 from megatron_s2l.rollout.config import EngineConfig
 
 CPU_SHIMS_DIR = Path(__file__).with_name("cpu_shims")
@@ -206,6 +206,13 @@ class _HttpProcess:
 
     def start(self) -> float:
         """Launch and block until healthy; returns the seconds it took."""
+        if not port_is_free(self.host, self.port):
+            # Checked before launch: otherwise another server on that port (an engine a killed run
+            # left behind) would answer the health check, and this one would be taken for it.
+            raise RuntimeError(
+                f"{self.name}: port {self.port} on {self.host} is already in use (another engine, "
+                "e.g. of a run that was killed?); free it or use port 0 (pick a free one)"
+            )
         started = time.monotonic()
         self.process.spawn()
         self.wait_healthy(self.startup_timeout_s)

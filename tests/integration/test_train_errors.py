@@ -39,6 +39,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "logging": {"run_dir": str(root / "runs" / "{name}")},
     }
     (root / "run.yaml").write_text(json.dumps(config))  # JSON is YAML
+    # A sharded checkpoint with one shard gone (an interrupted copy).
+    sharded = make_tiny_qwen3(root / "sharded", tokenizer_dir=learner, seed=4, max_shard_size="50KB")
+    next(iter(sorted(sharded.glob("model-*.safetensors")))).unlink()
     return {"root": root, "config": root / "run.yaml"}
 
 
@@ -84,6 +87,10 @@ def s2l_train(
         ),
         (["data.train_files=[{root}/bad_row.jsonl]"], "bad_row.jsonl line 2: field 'prompt'"),
         (["schedule.prompts_per_step=2"], "schedule.prompts_per_step (2) exceeds the 1 training prompts"),
+        (
+            ["model.learner={root}/sharded"],
+            "model.learner: {root}/sharded/model.safetensors.index.json names weight",
+        ),
         (
             [
                 "schedule.t_mix=0",

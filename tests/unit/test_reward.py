@@ -255,6 +255,48 @@ def test_scorer_kills_and_replaces_workers_that_run_past_the_limit() -> None:
         scorer.score([("math_dapo", "Answer: 1", "1")])
 
 
+def test_a_worker_that_dies_mid_item_costs_only_that_item() -> None:
+    """A worker killed while scoring (here SIGKILL from outside, as the OOM killer would) gives that
+    item the wrong-answer score, marked crashed; the others are scored, a fresh worker takes over,
+    and the scorer keeps working. Twice in a row."""
+    import signal
+    import threading
+
+    cfg = RewardConfig(timeout_s=60.0, num_workers=2)
+    with RewardScorer(cfg) as scorer:
+        scorer.score([("math_dapo", "Answer: 3", "3")])  # the workers are up
+        for _ in range(2):
+            before = _worker_pids()
+
+            def kill_the_busy_worker() -> None:
+                time.sleep(1.0)  # the hanging item is being scored by now
+                busy = [w for w in scorer._workers if w.index == 1]
+                os.kill(busy[0].process.pid, signal.SIGKILL)
+
+            killer = threading.Thread(target=kill_the_busy_worker)
+            killer.start()
+            start = time.monotonic()
+            results = scorer.score(
+                [
+                    ("math_dapo", "Answer: 2", "2"),
+                    ("math_dapo", f"Answer: {HANGING_ANSWER}", "5"),
+                    ("commonsense_qa", "Answer: B", "B"),
+                ]
+            )
+            killer.join()
+            assert time.monotonic() - start < 30  # not the 60 s time limit
+            assert results == [
+                RewardResult(score=1.0, acc=True, pred="2"),
+                RewardResult(score=-1.0, acc=False, pred="", crashed=True),
+                RewardResult(score=1.0, acc=True, pred="B"),
+            ]
+            after = _worker_pids()
+            assert len(after) == 2 and len(after - before) == 1  # exactly the dead one was replaced
+        assert scorer.score([("math_dapo", "Answer: 8", "8")]) == [
+            RewardResult(score=1.0, acc=True, pred="8")
+        ]
+
+
 def test_model_output_is_never_evaluated_as_code(tmp_path: Path) -> None:
     """Scoring parses answers (normalisation, LaTeX via math-verify's LaTeX extractor only); nothing
     in the reward package hands model output to eval/exec or sympy's eval-based parsers."""

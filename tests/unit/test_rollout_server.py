@@ -96,6 +96,24 @@ def test_pool_config_rejects_fixed_port_for_several_engines() -> None:
         EnginePoolConfig(on_failure="ignore")
 
 
+def test_a_port_in_use_is_refused_before_launch(tmp_path) -> None:
+    """Another server on the port (an engine a killed run left behind) would answer the health check
+    in this one's place: the port is checked before anything is launched."""
+    import socket
+
+    from megatron_s2l.rollout.server import EngineServer
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = EngineServer("/models/x", EngineConfig(device="cpu", port=port), tmp_path / "e.log")
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match=f"port {port} on 127.0.0.1 is already in use"):
+            server.start()
+        assert time.monotonic() - started < 1.0 and server.pid is None  # nothing was launched
+
+
 def test_stop_ends_the_whole_process_group(tmp_path) -> None:
     """A child's own children (SGLang's scheduler, detokenizer) go too, by the group's id."""
     script = (
