@@ -4,6 +4,7 @@ still comes back complete and correct, and the next batch, on the same event loo
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import signal
 import threading
@@ -12,6 +13,7 @@ import time
 import pytest
 from rollout_reference import LOGPROB_ATOL, hf_greedy, hf_token_logprobs
 
+from megatron_s2l.rollout.client import RolloutClient
 from megatron_s2l.rollout.engines import RolloutEngines
 from megatron_s2l.rollout.records import Prompt
 from megatron_s2l.rollout.sampler import S2LGroupSampler
@@ -67,3 +69,50 @@ def test_killed_learner_server_mid_batch_yields_complete_correct_batch(
             assert record.response_ids == expected[: len(record.response_ids)]
             reference = hf_token_logprobs(tiny_models["learner"], prompt.input_ids, record.response_ids)
             assert record.logprobs == pytest.approx(reference, abs=LOGPROB_ATOL)
+
+
+def test_hung_learner_server_is_detected_restarted_and_the_batch_completes(
+    rollout_engines: RolloutEngines,
+) -> None:
+    """SIGSTOP freezes the server mid-batch (a hang, not a death: its process is still there). The
+    client's request time-out fires, the pool's health check times out too, the server is restarted
+    (SIGKILL reaches a stopped process), and the lost batches are re-sent: the batch is complete."""
+    pool = rollout_engines.learner
+    client = dataclasses.replace(rollout_engines.config.client, request_timeout_s=8.0)
+    config = dataclasses.replace(
+        rollout_engines.config, client=client, learner_sampling=SamplingConfig(max_new_tokens=NEW_TOKENS)
+    )
+    learner = RolloutClient(pool, "learner", client)
+    sampler = S2LGroupSampler(None, learner, config, t_mix=0, group_size=GROUP)
+    rng = random.Random()
+    prompts = [Prompt(f"h{i}", [rng.randrange(3, 400) for _ in range(5)]) for i in range(8)]
+    server = pool.servers[0]
+    old_pid, restarts_before = server.pid, pool.restarts
+
+    def freeze_when_busy() -> None:
+        deadline = time.monotonic() + 60
+        while pool.in_flight[server.url] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        os.kill(server.pid, signal.SIGSTOP)
+
+    freezer = threading.Thread(target=freeze_when_busy)
+    freezer.start()
+    started = time.monotonic()
+    batch = rollout_engines.run(sampler.sample(prompts, step=1))
+    freezer.join()
+    assert pool.restarts == restarts_before + 1 and server.pid != old_pid and server.is_healthy()
+    assert not _pid_alive(old_pid), "the frozen server was killed, not left behind"
+    assert batch.metrics["rollout/learner_resent_batches"] >= 1
+    assert batch.metrics["rollout/learner_samples"] == GROUP * len(prompts)
+    for group in batch.groups:
+        assert sorted(r.sample_index for r in group.records) == list(range(GROUP))
+    print(f"hang detected and recovered from in {time.monotonic() - started:.0f} s")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
