@@ -18,7 +18,7 @@ from megatron_s2l.algo import mean_over_updates, ppo_mini_batch_rows, s2l_split
 from megatron_s2l.config import S2LConfig
 from megatron_s2l.learner.learner import Learner
 from megatron_s2l.rollout.pool import EnginePool
-from megatron_s2l.run.checkpoint import latest_checkpoint, load_run_checkpoint, save_run_checkpoint
+from megatron_s2l.run.checkpoint import load_latest_run_checkpoint, save_run_checkpoint
 from megatron_s2l.run.experience import engine_logprob_gaps
 from megatron_s2l.run.rundir import RunDir
 from megatron_s2l.sync.manifest import read_weight_manifest
@@ -85,9 +85,8 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
             manifest=read_weight_manifest(cfg.model.learner),  # every sender checks its tensors
         )
         start = 1
-        checkpoint = latest_checkpoint(run.checkpoints) if resume else None
-        if checkpoint is not None:
-            loop = load_run_checkpoint(checkpoint, learner)
+        loop = load_latest_run_checkpoint(run.checkpoints, learner) if resume else None
+        if loop is not None:
             start = loop["step"] + 1
             if driver:
                 driver.load_state_dict(loop["driver"])

@@ -21,8 +21,13 @@ import torch.distributed as dist
 
 from megatron_s2l.compat import mark_unpadded_param_state, unshare_adam_steps
 from megatron_s2l.learner.model import unwrap_model
+from megatron_s2l.learner.parallel import any_rank
 
 _META = "meta.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded (every rank raises it together)."""
 
 
 def _rank_file(directory: Path) -> Path:
@@ -67,8 +72,15 @@ def save_checkpoint(
         mark_unpadded_param_state(part.get_parameter_state_dp_reshardable())
         for part in _distributed_optimizers(optimizer)
     ]
-    torch.save(state, _rank_file(partial))
-    dist.barrier()
+    error = None
+    try:
+        torch.save(state, _rank_file(partial))
+    except (OSError, RuntimeError) as e:  # a full disk: torch's writer raises RuntimeError (EFBIG/ENOSPC)
+        error = e
+    if any_rank(error is not None):
+        raise CheckpointError(
+            f"writing {partial} failed ({error or 'on another rank'}); the previous checkpoint is intact"
+        )
     if dist.get_rank() == 0:
         sizes = {
             "tensor_parallel": ps.get_tensor_model_parallel_world_size(),
@@ -102,20 +114,35 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, lr
     """Restore this rank's state from a checkpoint of the same parallel layout; returns the step."""
     from megatron.core import parallel_state as ps
 
-    source = resolve_checkpoint(directory)
-    meta = json.loads((source / _META).read_text())
-    layout = (
-        ps.get_tensor_model_parallel_world_size(),
-        ps.get_pipeline_model_parallel_world_size(),
-        ps.get_data_parallel_world_size(),
-    )
-    saved = (meta["tensor_parallel"], meta["pipeline_parallel"], meta["data_parallel"])
-    if saved != layout:
-        raise ValueError(f"{source}: saved with (tp, pp, dp) = {saved}, this run is {layout}")
-    state = torch.load(_rank_file(source), map_location="cpu", weights_only=False)
+    # Read and check this rank's file first, and agree across ranks before touching any state: a
+    # truncated or corrupted file on one rank fails every rank (naming it) instead of a hang.
+    error, state = None, None
+    try:
+        source = resolve_checkpoint(directory)
+        meta = json.loads((source / _META).read_text())
+        layout = (
+            ps.get_tensor_model_parallel_world_size(),
+            ps.get_pipeline_model_parallel_world_size(),
+            ps.get_data_parallel_world_size(),
+        )
+        saved = (meta["tensor_parallel"], meta["pipeline_parallel"], meta["data_parallel"])
+        if saved != layout:
+            raise ValueError(f"{source}: saved with (tp, pp, dp) = {saved}, this run is {layout}")
+        rank_file = _rank_file(source)
+        try:
+            state = torch.load(rank_file, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated, corrupted or missing: torch raises many kinds
+            raise ValueError(f"{rank_file} is unreadable ({type(e).__name__}: {e})") from e
+        if dict(unwrap_model(model).named_parameters()).keys() != state["model"].keys():
+            raise ValueError(f"{source}: parameter names differ from this model's")
+    except (OSError, ValueError, KeyError) as e:
+        error = e
+    failed = any_rank(error is not None)
+    if error is not None:
+        raise CheckpointError(f"learner checkpoint {directory}: {error}") from error
+    if failed:
+        raise CheckpointError(f"learner checkpoint {directory}: unreadable on another rank (see its log)")
     params = dict(unwrap_model(model).named_parameters())
-    if params.keys() != state["model"].keys():
-        raise ValueError(f"{source}: parameter names differ from this model's")
     for name, param in params.items():
         param.copy_(state["model"][name])
     optimizer.load_state_dict(state["optimizer"])

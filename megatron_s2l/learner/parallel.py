@@ -172,3 +172,14 @@ def _local_rank_main(rank: int, world_size: int, port: int, fn: Callable[..., No
     if not torch.cuda.is_available():  # CPU ranks share the cores instead of each taking all of them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     fn(*args)
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` is true on any rank of the default group: a barrier that also agrees on a
+    failure, so that no rank waits for one that gave up. Without torch.distributed: `flag`."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

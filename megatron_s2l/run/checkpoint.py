@@ -12,6 +12,7 @@ saving resumes from the previous one.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -20,7 +21,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from megatron_s2l.learner.checkpoint import CheckpointError
+from megatron_s2l.learner.parallel import any_rank
+
 LATEST = "latest"
+logger = logging.getLogger(__name__)
 
 
 def checkpoint_dir(checkpoints: Path, step: int) -> Path:
@@ -54,6 +59,34 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
 
 
 def load_run_checkpoint(directory: Path, learner) -> dict[str, Any]:
-    """Collective: restore the learner; returns the loop state (step, driver state)."""
+    """Collective: restore the learner; returns the loop state (step, driver state). Raises
+    CheckpointError on every rank when any rank cannot read its part."""
     learner.load(directory / "learner")
-    return torch.load(directory / "loop.pt", weights_only=False)
+    error = None
+    try:
+        loop = torch.load(directory / "loop.pt", weights_only=False)
+    except Exception as e:  # truncated, corrupted or missing
+        error, loop = e, {}
+    if any_rank(error is not None):
+        raise CheckpointError(f"{directory / 'loop.pt'}: unreadable ({error or 'on another rank'})")
+    return loop
+
+
+def load_latest_run_checkpoint(checkpoints: Path, learner) -> dict[str, Any] | None:
+    """Collective: restore the newest checkpoint that loads, newest first (`latest`, then the older
+    ones `keep_last` kept); a truncated or corrupted one is reported, naming the file, and skipped.
+    None when there is none; CheckpointError when none of them loads."""
+    latest = latest_checkpoint(checkpoints)
+    if latest is None:
+        return None
+    older = sorted(
+        (p for p in checkpoints.glob("step_*") if p.is_dir() and p.name < latest.name), reverse=True
+    )
+    failures = []
+    for directory in [latest, *older]:
+        try:
+            return load_run_checkpoint(directory, learner)
+        except CheckpointError as error:
+            logger.error("skipping checkpoint %s: %s", directory, error)
+            failures.append(str(error))
+    raise CheckpointError(f"no checkpoint in {checkpoints} loads:\n" + "\n".join(failures))

@@ -30,8 +30,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 
+from megatron_s2l.learner.parallel import any_rank
 from megatron_s2l.rollout.pool import EnginePool
 from megatron_s2l.rollout.server import http_get_ok
 from megatron_s2l.sync.buckets import Bucket, iter_buckets
@@ -92,12 +92,7 @@ def _capture(action) -> BaseException | None:
 
 def _raise_if_any_rank_failed(error: BaseException | None, what: str) -> None:
     """A barrier that also agrees on failure, so no rank waits forever for one that gave up."""
-    failed = error is not None
-    if dist.is_available() and dist.is_initialized():
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        flag = torch.tensor([float(failed)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        failed = bool(flag.item())
+    failed = any_rank(error is not None)
     if error is not None:
         raise error if isinstance(error, WeightSyncError) else WeightSyncError(f"{what}: {error}") from error
     if failed:
