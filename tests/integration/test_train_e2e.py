@@ -2,6 +2,7 @@
 the schedule's G_w/G_s per step, learner engines re-synced every step while the explorer is never
 touched, finite losses, and exact resume after SIGKILL."""
 
+import contextlib
 import json
 import math
 import os
@@ -209,3 +210,46 @@ def test_ppo_mini_batches_and_kl_loss_then_changed_base_is_refused(demo, tmp_pat
     proc = s2l("train", "--resume", str(run_dir))
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0 and "is not the base checkpoint" in out, out[-2000:]
+
+
+def _logged_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError, KeyError):  # a line being written
+            steps.append(json.loads(line)["step"])
+    return steps
+
+
+def test_sigkill_at_several_points_then_resume_finishes_with_each_step_once(demo, tmp_path: Path) -> None:
+    """SIGKILL the trainer three times, each at another point of a step (right as step 1 is logged:
+    its checkpoint write; 0.3 s after step 2: the next rollout; 1.5 s after step 3: rollout or
+    training), resuming after each kill. The run finishes with every step logged exactly once, its
+    last checkpoint in place, and no engine of any killed trainer left running."""
+    run_dir = tmp_path / "chaos"
+    args = [*overrides(demo, tmp_path, "chaos"), "checkpoint.every_steps=1", "eval.every_steps=0"]
+    proc = s2l("train", "--config", "yaml/demo-cpu.yaml", *args)
+    for target, delay in ((1, 0.0), (2, 0.3), (3, 1.5)):
+        deadline = time.monotonic() + 600
+        while target not in _logged_steps(run_dir):
+            assert proc.poll() is None, proc.communicate()[0][-4000:]
+            assert time.monotonic() < deadline, f"step {target} never logged"
+            time.sleep(0.02)
+        time.sleep(delay)
+        os.killpg(proc.pid, SIGKILL)
+        proc.communicate(timeout=60)
+        deadline = time.monotonic() + 30
+        while sglang_servers_of(demo.learner_dir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not sglang_servers_of(demo.learner_dir), (
+            f"an engine outlived the trainer killed after step {target}"
+        )
+        proc = s2l("train", "--resume", str(run_dir))
+    finish(proc)
+    assert _logged_steps(run_dir) == list(range(1, STEPS + 1))  # each step once, in order
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{STEPS:06d}"
+    records = read_metrics(run_dir)
+    assert all(math.isfinite(r["loss/total"]) for r in records)
+    assert [r["weight_version"] for r in records] == list(range(1, STEPS + 1))
