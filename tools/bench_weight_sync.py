@@ -23,9 +23,9 @@ import torch
 
 from megatron_s2l.demo.tiny import make_tiny_qwen3
 from megatron_s2l.rollout.config import EngineConfig
+from megatron_s2l.rollout.http import EngineEndpoint
 from megatron_s2l.rollout.server import EngineServer
 from megatron_s2l.sync.config import SyncConfig
-from megatron_s2l.sync.engine_http import EngineEndpoint
 from megatron_s2l.sync.weight_sync import WeightSync
 
 

@@ -4,9 +4,11 @@
         --out explorer_cache.jsonl [--samples-per-prompt 32] [--template chat|raw] \
         [--temperature 0.7 --top-p 0.95 --max-new-tokens 1024] [--num-engines 1]
 
-Prompt ids are the rows' dataset indices (`PromptRecord.index`, as `str`), which is how the sampler
-looks samples up; the cache is appended to, so a killed fill can be continued with the remaining
-prompts (`--skip-existing`). Whether drawing from the cache equals live sampling: see
+NOTE: prompt ids are the file's raw row numbers (`PromptRecord.index` as read, as `str`) and the
+file is not deduplicated, while the trainer looks samples up as `train-{index}` in the deduplicated
+dataset: a cache filled by this tool does not yet serve a training run (open work, the evaluation
+and rollout-compute issue, item 6). The cache is appended to, so a killed fill can be continued with
+the remaining prompts (`--skip-existing`). Whether drawing from the cache equals live sampling: see
 megatron_s2l/rollout/explorer_cache.py and docs/rollout.md.
 """
 

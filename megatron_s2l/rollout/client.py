@@ -15,9 +15,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
+import httpx
 
 from megatron_s2l.rollout.config import ClientConfig
+from megatron_s2l.rollout.http import async_session
 from megatron_s2l.rollout.pool import EnginePool
 from megatron_s2l.rollout.records import RolloutRecord, SampleRequest, Source
 from megatron_s2l.rollout.sampling_params import SamplingConfig
@@ -46,9 +47,6 @@ class RolloutClient:
         self.pool, self.source, self.config = pool, source, config
         self.stats = ClientStats()
         self._semaphore = asyncio.Semaphore(config.max_concurrency)
-        self._headers = {}
-        if pool.config.engine.api_key is not None:
-            self._headers["Authorization"] = f"Bearer {pool.config.engine.api_key}"
 
     async def generate(self, requests: list[SampleRequest], sampling: SamplingConfig) -> list[RolloutRecord]:
         """All `requests`, each answered once with a finished (stop/length) response."""
@@ -56,13 +54,12 @@ class RolloutClient:
             return []
         size = self.config.batch_size
         chunks = [requests[i : i + size] for i in range(0, len(requests), size)]
-        timeout = aiohttp.ClientTimeout(total=self.config.request_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as session:
+        async with async_session(self.pool.config.engine.api_key, self.config.request_timeout_s) as session:
             answers = await asyncio.gather(*(self._generate_chunk(session, c, sampling) for c in chunks))
         return [record for chunk in answers for record in chunk]
 
     async def _generate_chunk(
-        self, session: aiohttp.ClientSession, chunk: list[SampleRequest], sampling: SamplingConfig
+        self, session: httpx.AsyncClient, chunk: list[SampleRequest], sampling: SamplingConfig
     ) -> list[RolloutRecord]:
         done: dict[int, RolloutRecord] = {}
         pending = list(range(len(chunk)))
@@ -98,7 +95,7 @@ class RolloutClient:
         )
 
     async def _post(
-        self, session: aiohttp.ClientSession, url: str, batch: list[SampleRequest], sampling: SamplingConfig
+        self, session: httpx.AsyncClient, url: str, batch: list[SampleRequest], sampling: SamplingConfig
     ) -> list[dict[str, Any]]:
         payload = {
             "input_ids": [request.input_ids for request in batch],
@@ -109,17 +106,18 @@ class RolloutClient:
         }
         self.stats.requests += 1
         try:
-            async with session.post(url + "/generate", json=payload) as response:
-                if response.status >= 500:
-                    raise _ServerFailure(f"HTTP {response.status}: {(await response.text())[:300]}")
-                if response.status != 200:
-                    # A 4xx is our request's fault: re-sending it elsewhere would not help.
-                    raise GenerationError(
-                        f"{url}/generate answered {response.status}: {await response.text()}"
-                    )
-                outputs = await response.json()
-        except (TimeoutError, aiohttp.ClientError, ConnectionError) as error:
+            response = await session.post(url + "/generate", json=payload)
+        except httpx.HTTPError as error:  # time-outs, refused or dropped connections
             raise _ServerFailure(f"{type(error).__name__}: {error}") from error
+        if response.status_code >= 500:
+            raise _ServerFailure(f"HTTP {response.status_code}: {response.text[:300]}")
+        if response.status_code != 200:
+            # A 4xx is our request's fault: re-sending it elsewhere would not help.
+            raise GenerationError(f"{url}/generate answered {response.status_code}: {response.text}")
+        try:
+            outputs = response.json()
+        except ValueError as error:  # a truncated body
+            raise _ServerFailure(f"unreadable answer: {error}") from error
         if len(outputs) != len(batch):
             raise _ServerFailure(f"{len(outputs)} answers for {len(batch)} samples")
         return outputs

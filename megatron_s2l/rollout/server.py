@@ -26,13 +26,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Literal
 
 from megatron_s2l.net import find_free_port, port_is_free
 from megatron_s2l.rollout.config import EngineConfig
+from megatron_s2l.rollout.http import http_get_ok
 
 CPU_SHIMS_DIR = Path(__file__).with_name("cpu_shims")
 # NOTE: PyPI's torchvision (needed by SGLang's imports) breaks `transformers` in any process that
@@ -170,18 +169,6 @@ def _stop_all_at_exit() -> None:
 
 
 atexit.register(_stop_all_at_exit)
-
-
-def http_get_ok(url: str, api_key: str | None = None, timeout_s: float = 5.0) -> bool:
-    """True when GET `url` answers 2xx within `timeout_s`."""
-    request = urllib.request.Request(url)
-    if api_key is not None:
-        request.add_header("Authorization", f"Bearer {api_key}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return 200 <= response.status < 300
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 class _HttpProcess:

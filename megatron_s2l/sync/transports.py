@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_s2l.net import find_free_port
+from megatron_s2l.rollout.http import EngineEndpoint, EngineRequestError
 from megatron_s2l.sync.buckets import Bucket
-from megatron_s2l.sync.engine_http import EngineEndpoint, EngineRequestError
 
 
 class Transport(ABC):

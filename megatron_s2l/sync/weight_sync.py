@@ -32,11 +32,10 @@ from dataclasses import dataclass, field
 import torch
 
 from megatron_s2l.learner.parallel import any_rank
+from megatron_s2l.rollout.http import EngineEndpoint, EngineRequestError, http_get_ok
 from megatron_s2l.rollout.pool import EnginePool
-from megatron_s2l.rollout.server import http_get_ok
 from megatron_s2l.sync.buckets import Bucket, iter_buckets
 from megatron_s2l.sync.config import SyncConfig
-from megatron_s2l.sync.engine_http import EngineEndpoint, EngineRequestError
 from megatron_s2l.sync.manifest import WeightManifestError, check_against_manifest
 from megatron_s2l.sync.transports import DiskTransport, DistributedTransport, TensorTransport, Transport
 

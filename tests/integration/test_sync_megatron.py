@@ -37,8 +37,8 @@ def _rank_body(
     from megatron_s2l.learner.learner import Learner, LearnerConfig
     from megatron_s2l.learner.optimizer import OptimizerConfig
     from megatron_s2l.learner.parallel import ParallelConfig
+    from megatron_s2l.rollout.http import EngineEndpoint
     from megatron_s2l.sync.config import SyncConfig
-    from megatron_s2l.sync.engine_http import EngineEndpoint
     from megatron_s2l.sync.manifest import read_weight_manifest
     from megatron_s2l.sync.weight_sync import WeightSync
 

@@ -153,8 +153,8 @@ def test_rejected_broadcast_fails_fast_and_engine_stays_usable(
     """An engine that rejects a declaration ends the sender's wait at once (not at the group time-out)."""
     import torch
 
+    from megatron_s2l.rollout.http import EngineRequestError
     from megatron_s2l.sync.buckets import Bucket
-    from megatron_s2l.sync.engine_http import EngineRequestError
     from megatron_s2l.sync.transports import DistributedTransport
 
     endpoints = pool_endpoints(rollout_engines.learner)

@@ -136,11 +136,11 @@ def test_docs_config_reference_is_current() -> None:
 
 
 def test_config_imports_without_the_http_and_engine_packages() -> None:
-    """The run config is plain dataclasses: `s2l config` works where aiohttp, requests and SGLang are
+    """The run config is plain dataclasses: `s2l config` works where the HTTP packages and SGLang are
     absent (they were imported through the rollout and sync modules before)."""
     code = (
         "import sys\n"
-        "for name in ('aiohttp', 'requests', 'sglang'):\n"
+        "for name in ('aiohttp', 'requests', 'httpx', 'sglang'):\n"
         "    sys.modules[name] = None  # importing it now raises ImportError\n"
         "import megatron_s2l.config\n"
     )

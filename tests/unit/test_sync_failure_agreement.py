@@ -8,8 +8,8 @@ import torch
 import torch.distributed as dist
 from distributed_utils import run_ranks
 
+from megatron_s2l.rollout.http import EngineEndpoint
 from megatron_s2l.sync.config import SyncConfig
-from megatron_s2l.sync.engine_http import EngineEndpoint
 from megatron_s2l.sync.weight_sync import WeightSync, WeightSyncError
 
 
@@ -58,7 +58,7 @@ def _apply_fails_on_the_controller(rank: int, world_size: int, disk_dir: str) ->
     (e.g. `/update_weights_from_disk` answering 400). No engine runs here, so the pause/resume calls
     are switched off and the transport's `apply` raises what an engine's refusal raises."""
     from megatron_s2l.net import find_free_port
-    from megatron_s2l.sync.engine_http import EngineRequestError
+    from megatron_s2l.rollout.http import EngineRequestError
 
     sync = WeightSync(
         SyncConfig(transport="disk", disk_dir=disk_dir, timeout_s=5.0, max_retries=0),

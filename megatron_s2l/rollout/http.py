@@ -1,4 +1,6 @@
-"""Blocking calls to one SGLang server's weight-update endpoints (`{"success", "message"}` answers)."""
+"""The one HTTP layer for SGLang engine calls, on httpx: blocking control calls (`EngineEndpoint`:
+the weight-update endpoints, with their `{"success", "message"}` answers), health checks, and the
+async session the rollout client generates through."""
 
 from __future__ import annotations
 
@@ -6,7 +8,27 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import requests
+import httpx
+
+
+def bearer(api_key: str | None) -> dict[str, str]:
+    """The engines' authorization header for `api_key` (none without a key)."""
+    return {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
+
+
+def http_get_ok(url: str, api_key: str | None = None, timeout_s: float = 5.0) -> bool:
+    """True when GET `url` answers 2xx within `timeout_s`."""
+    try:
+        return httpx.get(url, headers=bearer(api_key), timeout=timeout_s).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def async_session(api_key: str | None, timeout_s: float) -> httpx.AsyncClient:
+    """The async client of one batch of requests; no connection cap (the rollout client bounds its
+    requests in flight itself)."""
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    return httpx.AsyncClient(headers=bearer(api_key), timeout=timeout_s, limits=limits)
 
 
 class EngineRequestError(RuntimeError):
@@ -25,10 +47,11 @@ class EngineEndpoint:
         self, path: str, payload: dict[str, Any] | None = None, timeout_s: float = 60.0
     ) -> dict[str, Any]:
         """POST `payload` to `path`; raise EngineRequestError unless the answer is 200 and successful."""
-        headers = {} if self.api_key is None else {"Authorization": f"Bearer {self.api_key}"}
         try:
-            response = requests.post(self.url + path, json=payload or {}, headers=headers, timeout=timeout_s)
-        except requests.RequestException as error:
+            response = httpx.post(
+                self.url + path, json=payload or {}, headers=bearer(self.api_key), timeout=timeout_s
+            )
+        except httpx.HTTPError as error:
             raise EngineRequestError(f"{self.url}{path}: {type(error).__name__}: {error}") from error
         body: dict[str, Any] = {}
         if response.headers.get("content-type", "").startswith("application/json"):
