@@ -20,6 +20,7 @@ from megatron_s2l.learner.learner import Learner
 from megatron_s2l.rollout.pool import EnginePool
 from megatron_s2l.run.checkpoint import load_latest_run_checkpoint, save_run_checkpoint
 from megatron_s2l.run.experience import engine_logprob_gaps
+from megatron_s2l.run.phases import Phases
 from megatron_s2l.run.rundir import RunDir
 from megatron_s2l.sync.manifest import read_weight_manifest
 from megatron_s2l.sync.weight_sync import SyncResult, WeightSync, pool_endpoints
@@ -84,6 +85,7 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
             num_stages=layout.pp,
             manifest=read_weight_manifest(cfg.model.learner),  # every sender checks its tensors
         )
+        phases = Phases(run.status_file if driver else None)
         start = 1
         loop = load_latest_run_checkpoint(run.checkpoints, learner) if resume else None
         if loop is not None:
@@ -98,21 +100,19 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
             driver.logger.log(0, driver.evaluate(0))
         for step in range(start, cfg.schedule.steps + 1):
             step_started = time.perf_counter()
+            phases.enter(step, "rollout")  # times itself: rollout and reward apart
             experience, metrics = driver.collect(step) if driver else (None, {})
             batch = _broadcast(experience.batch if driver else None)
 
-            started = time.perf_counter()
-            # Old log-probs of every sample, explorer ones too (so every PPO ratio starts at 1).
-            logprobs_KBT = learner.compute_logprobs_at(batch, _logprob_temperatures(cfg, step))
-            batch.old_logprobs = logprobs_KBT[0]
-            if cfg.algo.loss.kl_coef > 0:
-                batch.ref_logprobs = learner.compute_ref_logprobs(batch)
-            metrics["time/logprobs"] = time.perf_counter() - started
+            with phases.timed(step, "logprobs", metrics):
+                # Old log-probs of every sample, explorer ones too (so every PPO ratio starts at 1).
+                logprobs_KBT = learner.compute_logprobs_at(batch, _logprob_temperatures(cfg, step))
+                batch.old_logprobs = logprobs_KBT[0]
+                if cfg.algo.loss.kl_coef > 0:
+                    batch.ref_logprobs = learner.compute_ref_logprobs(batch)
 
-            started = time.perf_counter()
-            updates = [
-                learner.train_step(batch.select(rows))
-                for rows in ppo_mini_batch_rows(
+            with phases.timed(step, "train", metrics):
+                mini_batches = ppo_mini_batch_rows(
                     cfg.schedule.prompts_per_step,
                     cfg.schedule.group_size,
                     cfg.algo.ppo_mini_batch_prompts,
@@ -120,19 +120,12 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
                     seed=cfg.seed,
                     step=step,
                 )
-            ]
-            train_metrics = mean_over_updates(updates)
-            metrics["time/train"] = time.perf_counter() - started
+                train_metrics = mean_over_updates([learner.train_step(batch.select(r)) for r in mini_batches])
 
-            result = sync_learner_engines(sync, learner, step, driver.engines.learner if driver else None)
-            metrics.update(
-                {
-                    "time/sync": result.seconds,
-                    "sync/gb_per_s": result.gb_per_s,
-                    "sync/missed_engines": len(result.missed),
-                    "weight_version": step,
-                }
-            )
+            with phases.timed(step, "sync", metrics):
+                result = sync_learner_engines(sync, learner, step, driver.engines.learner if driver else None)
+            metrics.update({"sync/gb_per_s": result.gb_per_s, "sync/missed_engines": len(result.missed)})
+            metrics["weight_version"] = step
 
             last = step == cfg.schedule.steps
             if cfg.eval.every_steps and (last or step % cfg.eval.every_steps == 0):
@@ -146,6 +139,7 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
                 driver.logger.log(step, metrics)
             # After logging: a run killed in between re-runs (and re-logs) this step on resume.
             if last or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
+                phases.enter(step, "checkpoint")
                 loop_state = {"driver": driver.state_dict()} if driver else None
                 save_run_checkpoint(run.checkpoints, step, learner, loop_state, cfg.checkpoint.keep_last)
     finally:

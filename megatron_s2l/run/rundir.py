@@ -52,6 +52,11 @@ class RunDir:
         return self.root / "weight-sync"
 
     @property
+    def status_file(self) -> Path:
+        """The step and phase the run is in (`megatron_s2l.run.phases`)."""
+        return self.root / "status.json"
+
+    @property
     def base_fingerprint(self) -> Path:
         """The learner's base checkpoint fingerprint, written at the start and checked on resume."""
         return self.root / "learner_base.sha256"

@@ -18,6 +18,7 @@ import pytest
 from megatron_s2l.algo import s2l_split
 from megatron_s2l.demo.assets import DemoRecipe, ModelRecipe, prepare_demo
 from megatron_s2l.run.metrics import read_metrics
+from megatron_s2l.run.phases import read_status
 
 pytestmark = pytest.mark.slow
 
@@ -223,31 +224,34 @@ def _logged_steps(run_dir: Path) -> list[int]:
     return steps
 
 
-def test_sigkill_at_several_points_then_resume_finishes_with_each_step_once(demo, tmp_path: Path) -> None:
-    """SIGKILL the trainer three times, each at another point of a step (right as step 1 is logged:
-    its checkpoint write; 0.3 s after step 2: the next rollout; 1.5 s after step 3: rollout or
-    training), resuming after each kill. The run finishes with every step logged exactly once, its
-    last checkpoint in place, and no engine of any killed trainer left running."""
+def test_sigkill_in_each_phase_then_resume_finishes_with_each_step_once(demo, tmp_path: Path) -> None:
+    """SIGKILL the trainer as it enters a checkpoint write (step 1), the weight sync (step 2),
+    training (step 3) and the rollout (step 4), read from the run's status.json, resuming after each
+    kill. The run finishes with every step logged exactly once, its last checkpoint in place, and no
+    engine of any killed trainer left running."""
     run_dir = tmp_path / "chaos"
     args = [*overrides(demo, tmp_path, "chaos"), "checkpoint.every_steps=1", "eval.every_steps=0"]
     proc = s2l("train", "--config", "yaml/demo-cpu.yaml", *args)
-    for target, delay in ((1, 0.0), (2, 0.3), (3, 1.5)):
+    seen = []
+    for target in ((1, "checkpoint"), (2, "sync"), (3, "train"), (4, "rollout")):
         deadline = time.monotonic() + 600
-        while target not in _logged_steps(run_dir):
+        while (status := read_status(run_dir / "status.json")) is None or (
+            status["step"],
+            status["phase"],
+        ) != target:
             assert proc.poll() is None, proc.communicate()[0][-4000:]
-            assert time.monotonic() < deadline, f"step {target} never logged"
-            time.sleep(0.02)
-        time.sleep(delay)
+            assert time.monotonic() < deadline, f"never reached {target}; last status {status}"
+            time.sleep(0.005)
         os.killpg(proc.pid, SIGKILL)
+        seen.append(target)
         proc.communicate(timeout=60)
         deadline = time.monotonic() + 30
         while sglang_servers_of(demo.learner_dir) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not sglang_servers_of(demo.learner_dir), (
-            f"an engine outlived the trainer killed after step {target}"
-        )
+        assert not sglang_servers_of(demo.learner_dir), f"an engine outlived the trainer killed at {target}"
         proc = s2l("train", "--resume", str(run_dir))
     finish(proc)
+    assert len(seen) == 4
     assert _logged_steps(run_dir) == list(range(1, STEPS + 1))  # each step once, in order
     assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{STEPS:06d}"
     records = read_metrics(run_dir)
