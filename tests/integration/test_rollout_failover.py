@@ -116,3 +116,38 @@ def _pid_alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_slow_learner_server_is_waited_for_not_restarted(rollout_engines: RolloutEngines) -> None:
+    """A server that answers nothing for longer than the request time-out but is back by the health
+    check (SIGSTOP, then SIGCONT 1.5 s after the time-out) is slow, not dead: the batches are re-sent,
+    the server is kept (same process, no restart), and the batch is complete."""
+    pool = rollout_engines.learner
+    client = dataclasses.replace(rollout_engines.config.client, request_timeout_s=6.0)
+    config = dataclasses.replace(
+        rollout_engines.config, client=client, learner_sampling=SamplingConfig(max_new_tokens=NEW_TOKENS)
+    )
+    sampler = S2LGroupSampler(None, RolloutClient(pool, "learner", client), config, t_mix=0, group_size=GROUP)
+    rng = random.Random()
+    prompts = [Prompt(f"s{i}", [rng.randrange(3, 400) for _ in range(5)]) for i in range(8)]
+    server = pool.servers[0]
+    pid, restarts_before = server.pid, pool.restarts
+
+    def freeze_then_thaw() -> None:
+        deadline = time.monotonic() + 60
+        while pool.in_flight[server.url] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(client.request_timeout_s + 1.5)
+        os.kill(pid, signal.SIGCONT)
+
+    slow = threading.Thread(target=freeze_then_thaw)
+    slow.start()
+    batch = rollout_engines.run(sampler.sample(prompts, step=1))
+    slow.join()
+    assert pool.restarts == restarts_before and server.pid == pid and server.is_healthy()
+    assert batch.metrics["rollout/learner_resent_batches"] >= 1
+    assert batch.metrics["rollout/learner_samples"] == GROUP * len(prompts)
+    for group in batch.groups:
+        assert sorted(r.sample_index for r in group.records) == list(range(GROUP))

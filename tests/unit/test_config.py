@@ -145,3 +145,56 @@ def test_config_imports_without_the_http_and_engine_packages() -> None:
         "import megatron_s2l.config\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT / "tests")
+
+
+def test_run_paths_live_in_the_run_directory(tmp_path: Path) -> None:
+    """Two runs never share a scratch path (the disk transport deleted the other run's weights when
+    both used runs/weight_sync), and the config file keeps them unset so they follow a moved run."""
+    from megatron_s2l.run.rundir import RunDir
+
+    cfg = load_config(ROOT / "yaml/demo-cpu.yaml")
+    assert cfg.sync.disk_dir is None and cfg.rollout.log_dir is None
+    a, b = RunDir(tmp_path / "a").resolve(cfg), RunDir(tmp_path / "b").resolve(cfg)
+    assert a.sync.disk_dir == str(tmp_path / "a" / "weight-sync") != b.sync.disk_dir
+    assert a.rollout.log_dir == str(tmp_path / "a" / "engine-logs") != b.rollout.log_dir
+    assert cfg.sync.disk_dir is None  # resolve returns a new config
+    shared = load_config(ROOT / "yaml/demo-cpu.yaml", ["sync.disk_dir=/shared/sync"])
+    assert RunDir(tmp_path / "a").resolve(shared).sync.disk_dir == "/shared/sync"  # set: kept
+
+
+def test_demo_trains_on_the_assets_it_built(tmp_path: Path) -> None:
+    """`s2l demo --cache DIR` used to build models in DIR and train on cache/demo/."""
+    from megatron_s2l.demo.assets import DemoAssets
+    from megatron_s2l.demo.cli import BASELINE_CONFIG, DEMO_CONFIG, demo_overrides
+
+    assets = DemoAssets(
+        train_file=tmp_path / "train.jsonl",
+        eval_file=tmp_path / "eval.jsonl",
+        explorer_dir=tmp_path / "explorer",
+        learner_dir=tmp_path / "learner",
+    )
+    cfg = load_config(ROOT / DEMO_CONFIG, demo_overrides(assets, explorer=True))
+    assert cfg.model.learner == str(tmp_path / "learner") and cfg.model.explorer == str(tmp_path / "explorer")
+    assert cfg.data.train_files == [str(tmp_path / "train.jsonl")]
+    assert cfg.data.eval_files == [str(tmp_path / "eval.jsonl")]
+    baseline = load_config(ROOT / BASELINE_CONFIG, demo_overrides(assets, explorer=False))
+    assert baseline.model.explorer == "" and baseline.model.learner == str(tmp_path / "learner")
+
+
+def test_logging_shows_info_and_filters_known_third_party_warnings() -> None:
+    """Every entry point calls configure_logging: INFO lines appear (an unconfigured logger drops
+    them), megatron-core's expected fallback warnings do not, other warnings still do."""
+    code = (
+        "import logging, warnings\n"
+        "from megatron_s2l.logs import configure_logging\n"
+        "configure_logging()\n"
+        "logging.getLogger('megatron_s2l.x').info('derived numbers here')\n"
+        "warnings.warn('Transformer Engine and Apex are not installed. Falling back to Torch optimizers.')\n"
+        "warnings.warn('Apex is not installed. Falling back to Torch Norm')\n"
+        "warnings.warn('a warning nobody expected')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT / "tests"
+    )
+    assert "derived numbers here" in out.stderr and "a warning nobody expected" in out.stderr
+    assert "Transformer Engine" not in out.stderr and "Apex" not in out.stderr
