@@ -9,13 +9,14 @@ import random
 import signal
 import threading
 import time
+from functools import partial
 
 import pytest
 from rollout_reference import LOGPROB_ATOL, hf_greedy, hf_token_logprobs
 
 from megatron_s2l.rollout.client import RolloutClient
 from megatron_s2l.rollout.engines import RolloutEngines
-from megatron_s2l.rollout.records import Prompt
+from megatron_s2l.rollout.records import Prompt, RolloutBatch
 from megatron_s2l.rollout.sampler import S2LGroupSampler
 from megatron_s2l.rollout.sampling_params import SamplingConfig
 
@@ -23,6 +24,27 @@ pytestmark = pytest.mark.slow
 
 NEW_TOKENS = 48
 GROUP = 8
+
+
+def sample_during_fault(
+    engines: RolloutEngines, sampler: S2LGroupSampler, prompts: list[Prompt], step: int, server, fault
+) -> RolloutBatch:
+    """Sample `prompts` while `fault()` hits `server` once requests are being decoded on it (a thread
+    waits for its first request in flight, then 0.3 s)."""
+
+    def when_busy() -> None:
+        deadline = time.monotonic() + 60
+        while engines.learner.in_flight[server.url] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        fault()
+
+    thread = threading.Thread(target=when_busy)
+    thread.start()
+    try:
+        return engines.run(sampler.sample(prompts, step))
+    finally:
+        thread.join()
 
 
 def test_killed_learner_server_mid_batch_yields_complete_correct_batch(
@@ -43,17 +65,8 @@ def test_killed_learner_server_mid_batch_yields_complete_correct_batch(
     server = pool.servers[0]
     old_pid, restarts_before = server.pid, pool.restarts
 
-    def kill_when_busy() -> None:
-        deadline = time.monotonic() + 60
-        while pool.in_flight[server.url] == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.3)  # some requests are being decoded now
-        server.process.kill(signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_when_busy)
-    killer.start()
-    batch = rollout_engines.run(sampler.sample(prompts, step=3))  # after T_mix: all G from the learner
-    killer.join()
+    kill = partial(server.process.kill, signal.SIGKILL)
+    batch = sample_during_fault(rollout_engines, sampler, prompts, 3, server, kill)  # all G: learner
     again = rollout_engines.run(sampler.sample(prompts, step=4))
 
     assert pool.restarts == restarts_before + 1 and server.pid != old_pid and server.is_healthy()
@@ -89,18 +102,9 @@ def test_hung_learner_server_is_detected_restarted_and_the_batch_completes(
     server = pool.servers[0]
     old_pid, restarts_before = server.pid, pool.restarts
 
-    def freeze_when_busy() -> None:
-        deadline = time.monotonic() + 60
-        while pool.in_flight[server.url] == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.3)
-        os.kill(server.pid, signal.SIGSTOP)
-
-    freezer = threading.Thread(target=freeze_when_busy)
-    freezer.start()
     started = time.monotonic()
-    batch = rollout_engines.run(sampler.sample(prompts, step=1))
-    freezer.join()
+    freeze = partial(os.kill, server.pid, signal.SIGSTOP)
+    batch = sample_during_fault(rollout_engines, sampler, prompts, 1, server, freeze)
     assert pool.restarts == restarts_before + 1 and server.pid != old_pid and server.is_healthy()
     assert not _pid_alive(old_pid), "the frozen server was killed, not left behind"
     assert batch.metrics["rollout/learner_resent_batches"] >= 1
@@ -134,18 +138,11 @@ def test_slow_learner_server_is_waited_for_not_restarted(rollout_engines: Rollou
     pid, restarts_before = server.pid, pool.restarts
 
     def freeze_then_thaw() -> None:
-        deadline = time.monotonic() + 60
-        while pool.in_flight[server.url] == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.3)
         os.kill(pid, signal.SIGSTOP)
         time.sleep(client.request_timeout_s + 1.5)
         os.kill(pid, signal.SIGCONT)
 
-    slow = threading.Thread(target=freeze_then_thaw)
-    slow.start()
-    batch = rollout_engines.run(sampler.sample(prompts, step=1))
-    slow.join()
+    batch = sample_during_fault(rollout_engines, sampler, prompts, 1, server, freeze_then_thaw)
     assert pool.restarts == restarts_before and server.pid == pid and server.is_healthy()
     assert batch.metrics["rollout/learner_resent_batches"] >= 1
     assert batch.metrics["rollout/learner_samples"] == GROUP * len(prompts)
