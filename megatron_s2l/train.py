@@ -50,13 +50,10 @@ def sync_learner_engines(
 ) -> SyncResult:
     """Bring the learner engines to the learner's weights (collective). The pool (the driver's) is
     told the new version before anything is sent, so that samples from an engine that misses the
-    update count as stale, and records which engines hold it afterwards."""
+    update count as stale (`SyncResult.missed` names such engines)."""
     if pool is not None:
         pool.weight_version = str(version)
-    result = sync.update(learner.iter_hf_weights(), version, pool_endpoints(pool) if pool else None)
-    if pool is not None:
-        pool.server_versions.update(dict.fromkeys(result.updated, result.version))
-    return result
+    return sync.update(learner.iter_hf_weights(), version, pool_endpoints(pool) if pool else None)
 
 
 def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:

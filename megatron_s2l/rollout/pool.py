@@ -36,7 +36,6 @@ class EnginePool:
         self.in_flight: dict[str, int] = {}
         self.weight_version: str = "default"
         """The version every server should hold (set by the weight sync)."""
-        self.server_versions: dict[str, str] = {}
         self.restarts = 0
         self._generation: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -69,7 +68,6 @@ class EnginePool:
     def _register(self, server: EngineServer) -> None:
         self.in_flight.setdefault(server.url, 0)
         self._generation[server.url] = self._generation.get(server.url, -1) + 1
-        self.server_versions[server.url] = "default"
 
     def stop(self) -> None:
         if self.router is not None:

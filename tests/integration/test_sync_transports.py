@@ -64,7 +64,6 @@ def test_sync_makes_learner_engine_equal_new_weights(
         pool = rollout_engines.learner
         pool.weight_version = version  # as the trainer does (megatron_s2l.train.sync_learner_engines)
         result = sync.update(load_hf_model(str(target)).named_parameters(), version=version)
-        pool.server_versions.update(dict.fromkeys(result.updated, version))
     finally:
         sync.close()
     assert result.updated == [learner_url] and not result.missed
