@@ -22,9 +22,15 @@ import yaml
 _COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("megatron_s2l.run.plot", "draw PNG curves of one run, or of several runs on shared axes"),
     "train": ("megatron_s2l.train_cli", "run S2L-PO (or GRPO) training from a YAML config, or resume a run"),
+    "data": ("megatron_s2l.data.prepare_cli", "DAPO-Math-17k, AIME, CommonsenseQA files -> prompt parquet"),
+    "eval": (
+        "megatron_s2l.eval.cli",
+        "pass@k, avg@n and maj@n of models on eval files (the paper's protocol)",
+    ),
     "demo": ("megatron_s2l.demo.cli", "the CPU demo: build tiny models (cached), train S2L-PO, plot"),
     "logprobs": ("megatron_s2l.learner.logprobs_cli", "per-token log-probs of token sequences at a TP x PP"),
     "serve": ("megatron_s2l.rollout.serve_cli", "start SGLang server(s) for a model (CPU stand-ins on CPU)"),
+    "bench": ("megatron_s2l.bench.cli", "rollout FLOPs of S2L-PO vs GRPO, from a schedule or finished runs"),
 }
 
 

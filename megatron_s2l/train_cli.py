@@ -50,9 +50,9 @@ def preflight(cfg: S2LConfig) -> None:
         check_parallel_sizes(
             cfg.learner.parallel,
             cfg.ranks,
-            num_layers=arch.num_layers,
-            num_heads=arch.num_heads,
-            num_query_groups=arch.num_kv_heads,
+            num_layers=arch.num_hidden_layers,
+            num_heads=arch.num_attention_heads,
+            num_query_groups=arch.num_key_value_heads,
         )
     except ValueError as e:
         raise ConfigError(f"learner.parallel / ranks: {e}") from e

@@ -14,17 +14,15 @@ import time
 
 import torch
 
+from megatron_s2l.archs import bundled_names, load_arch
+
+
 # Architecture of released Qwen3 models (vocab 151936, head_dim 128); weights are random here.
-SHAPES = {
-    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072, num_layers=28, num_heads=16, num_kv_heads=8),
-    "qwen3-1.7b": dict(hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16, num_kv_heads=8),
-    "qwen3-4b": dict(hidden_size=2560, intermediate_size=9728, num_layers=36, num_heads=32, num_kv_heads=8),
-}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-0.6b")
+    parser.add_argument(
+        "--shape", choices=bundled_names(), default="qwen3-0.6b", help="a bundled architecture"
+    )
     parser.add_argument("--batch", type=int, default=8, help="sequences per global batch")
     parser.add_argument("--micro-batch", type=int, default=1, help="sequences per micro-batch")
     parser.add_argument("--seq-len", type=int, default=2048)
@@ -37,20 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_learner(args: argparse.Namespace):
     """Random-weight Qwen3-shaped stage wrapped exactly as `Learner.from_hf` wraps a loaded one."""
-    from megatron_s2l.learner.hf_config import Qwen3Arch, build_transformer_config
+    from megatron_s2l.learner.hf_config import build_transformer_config
     from megatron_s2l.learner.learner import LearnerConfig, wrap_for_training
     from megatron_s2l.learner.model import build_gpt_model
     from megatron_s2l.learner.parallel import ParallelConfig, init_distributed
 
-    arch = Qwen3Arch(
-        vocab_size=151936,
-        head_dim=128,
-        rope_theta=1e6,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=40960,
-        tie_word_embeddings=True,
-        **SHAPES[args.shape],  # Qwen3 up to 4B ties its embeddings
-    )
+    arch = load_arch(args.shape)
     cfg = LearnerConfig(
         parallel=ParallelConfig(
             tensor_parallel=args.tp, pipeline_parallel=args.pp, micro_batch_size=args.micro_batch
@@ -59,7 +49,10 @@ def build_learner(args: argparse.Namespace):
         recompute_activations=args.recompute,
     )
     init_distributed(
-        cfg.parallel, num_layers=arch.num_layers, num_heads=arch.num_heads, num_query_groups=arch.num_kv_heads
+        cfg.parallel,
+        num_layers=arch.num_hidden_layers,
+        num_heads=arch.num_attention_heads,
+        num_query_groups=arch.num_key_value_heads,
     )
     tf_config = build_transformer_config(
         arch, cfg.parallel, params_dtype=torch.bfloat16, recompute_activations=args.recompute

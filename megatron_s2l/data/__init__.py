@@ -1,6 +1,6 @@
 """Prompt data: verl-format files -> typed, deduplicated, tokenized records, and a resumable sampler."""
 
-from megatron_s2l.data.dataset import DataConfig, PromptDataset, load_prompt_dataset
+from megatron_s2l.data.dataset import DataConfig, PromptDataset, load_prompt_dataset, prompt_id
 from megatron_s2l.data.records import PromptRecord, parse_row, read_prompt_file
 from megatron_s2l.data.sampler import PromptSampler
 from megatron_s2l.data.templates import (
@@ -22,6 +22,7 @@ __all__ = [
     "encode_prompts",
     "load_prompt_dataset",
     "parse_row",
+    "prompt_id",
     "read_prompt_file",
     "render_prompt_text",
 ]

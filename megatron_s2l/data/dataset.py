@@ -47,6 +47,12 @@ class DataConfig:
                     raise ValueError(f"{name}: {path!r} is not a .parquet or .jsonl file")
 
 
+def prompt_id(split: str, index: int) -> str:
+    """The id of prompt `index` of a loaded dataset (after deduplication and the length filter), e.g.
+    "train-12": the key of its samples in the rollout and in the explorer cache."""
+    return f"{split}-{index}"
+
+
 @dataclass(frozen=True, slots=True)
 class PromptDataset(Sequence[PromptRecord]):
     records: list[PromptRecord]

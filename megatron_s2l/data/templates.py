@@ -1,9 +1,13 @@
-"""Prompt templates: DAPO's instruction around a raw problem, and chat messages -> prompt token ids.
+"""Prompt templates: DAPO's instruction around a raw problem, the S2L-PO authors' CommonsenseQA prompt,
+and chat messages -> prompt token ids.
 
-Two ways to turn messages into tokens:
+Three ways to turn messages into tokens:
 - "chat": the tokenizer's chat template with a generation prompt, in Qwen3's no-think mode
   (`enable_thinking=False`, which templates without that switch ignore); the setting the S2L-PO paper
   reports.
+- "chat-no-think-suffix": the chat template with " /no_think" appended to the last user message
+  and no `enable_thinking` argument: the S2L-PO authors' evaluation scripts, token for token (the
+  model then writes the empty think block itself). `s2l eval`'s default.
 - "raw": the message contents joined by a blank line, no markup, for base models without a template.
 """
 
@@ -15,8 +19,10 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-PromptTemplate = Literal["raw", "chat"]
+PromptTemplate = Literal["raw", "chat", "chat-no-think-suffix"]
 PROMPT_TEMPLATES: tuple[str, ...] = PromptTemplate.__args__  # type: ignore[attr-defined]
+
+NO_THINK_SUFFIX = " /no_think"
 
 DAPO_INSTRUCTION = (
     "Solve the following math problem step by step. The last line of your response should be of the "
@@ -30,6 +36,28 @@ def build_dapo_prompt(problem: str) -> str:
     return f"{DAPO_INSTRUCTION}\n\n{problem}\n\n{DAPO_REMINDER}"
 
 
+CSQA_INSTRUCTION = "Answer with only the letter ({letters})."
+
+
+def _or_list(labels: Sequence[str]) -> str:
+    """'A, B, C, D, or E' (the authors' wording for five choices); 'A or B'; 'A'."""
+    if len(labels) <= 2:
+        return " or ".join(labels)
+    return f"{', '.join(labels[:-1])}, or {labels[-1]}"
+
+
+def build_csqa_prompt(question: str, choices: Sequence[tuple[str, str]]) -> str:
+    """The S2L-PO authors' CommonsenseQA user message: the question, one "A. text" line per (label,
+    text) choice, and "Answer with only the letter (A, B, C, D, or E)." (the letters are the labels).
+
+    The text of github.com/qishisuren123/S2L-PO, eval/inference_csqa.py (`prepare_chat_messages`) at
+    commit 0a9f929, less its " /no_think" suffix, which `s2l eval` appends when it evaluates.
+    """
+    lines = "\n".join(f"{label}. {text}" for label, text in choices)
+    letters = _or_list([label for label, _ in choices])
+    return f"{question}\n\n{lines}\n\n{CSQA_INSTRUCTION.format(letters=letters)}"
+
+
 def render_prompt_text(
     messages: Sequence[dict[str, str]], tokenizer: PreTrainedTokenizerBase, template: PromptTemplate
 ) -> str:
@@ -41,6 +69,15 @@ def render_prompt_text(
             "data.template is 'chat' but the tokenizer has no chat template; use template 'raw' for a "
             "base model without one"
         )
+    if template == "chat-no-think-suffix":
+        # Qwen3's soft switch, as the S2L-PO authors evaluated: " /no_think" ends the last user
+        # message and the model itself writes the empty think block (no enable_thinking argument).
+        last_user = max(i for i, message in enumerate(messages) if message["role"] == "user")
+        messages = [
+            {**m, "content": m["content"] + NO_THINK_SUFFIX} if i == last_user else m
+            for i, m in enumerate(messages)
+        ]
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
     return tokenizer.apply_chat_template(
         list(messages), tokenize=False, add_generation_prompt=True, enable_thinking=False
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from megatron_s2l.data import encode_prompts, read_prompt_file
-from megatron_s2l.demo.task import write_arithmetic_dataset
+from megatron_s2l.demo.task import without_answer_line, write_arithmetic_dataset
 from megatron_s2l.logs import configure_logging
 
 
@@ -32,6 +32,9 @@ class ModelRecipe:
     num_kv_heads: int
     warmup_steps: int
     warmup_lr: float
+    answer_line_share: float = 1.0
+    """Share of the warm-up solutions that end with the reward's `Answer:` line (the others end
+    "The result is N.", which scores as wrong): below 1, RL has a format to learn."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +46,8 @@ class DemoRecipe:
     max_operand: int = 5
     vocab_size: int = 384
     warmup_batch: int = 32
-    explorer: ModelRecipe = ModelRecipe(2, 64, 128, 2, 1, 150, 3e-3)
-    learner: ModelRecipe = ModelRecipe(4, 128, 256, 4, 2, 150, 3e-3)
+    explorer: ModelRecipe = ModelRecipe(2, 64, 128, 2, 1, 400, 3e-3)
+    learner: ModelRecipe = ModelRecipe(4, 128, 256, 4, 2, 400, 3e-3, answer_line_share=0.3)
 
     def stamp(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -153,7 +156,14 @@ def _warmup(init_dir: Path, out_dir: Path, train_file: Path, model: ModelRecipe,
     tokenizer = AutoTokenizer.from_pretrained(str(init_dir))
     rows = list(read_prompt_file(train_file))
     prompts = encode_prompts([r.messages for r in rows], tokenizer, "raw")
-    responses = [[*tokenizer(r.extra_info["solution"]).input_ids, tokenizer.eos_token_id] for r in rows]
+    format_rng = random.Random(f"{recipe.seed}/format")
+    solutions = [
+        r.extra_info["solution"]
+        if format_rng.random() < model.answer_line_share
+        else without_answer_line(r.extra_info["solution"])
+        for r in rows
+    ]
+    responses = [[*tokenizer(text).input_ids, tokenizer.eos_token_id] for text in solutions]
     optimizer = OptimizerConfig(
         lr=model.warmup_lr,
         min_lr=model.warmup_lr / 10,

@@ -31,6 +31,12 @@ def arithmetic_problem(rng: random.Random, num_ops: int = 2, max_operand: int = 
     return f"Compute {expression}.", " ".join(steps) + f"\nAnswer: {value}", value
 
 
+def without_answer_line(solution: str) -> str:
+    """The worked solution ending "The result is N." instead of the `Answer: N` line the reward reads."""
+    work, answer = solution.rsplit("\nAnswer: ", 1)
+    return f"{work}\nThe result is {answer}."
+
+
 def write_arithmetic_dataset(
     path: str | Path, num_problems: int, *, seed: int, num_ops: int = 2, max_operand: int = 9
 ) -> Path:

@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from megatron_s2l.learner.hf_config import Qwen3Arch
+from megatron_s2l.archs import ModelArch
 
 ShardKind = Literal["replicated", "column", "row", "qkv", "fc1", "vocab"]
 
@@ -80,7 +80,7 @@ def map_megatron_param(name: str, *, layer_offset: int, tied: bool) -> ParamMapp
 
 
 def read_shard(
-    mapping: ParamMapping, source: TensorSource, arch: Qwen3Arch, *, tp_rank: int, tp: int, padded_vocab: int
+    mapping: ParamMapping, source: TensorSource, arch: ModelArch, *, tp_rank: int, tp: int, padded_vocab: int
 ) -> torch.Tensor:
     """This TP rank's shard of a Megatron parameter, read slice by slice from the HF tensors."""
     kind, names, read = mapping.kind, mapping.hf_names, source.read
@@ -100,7 +100,7 @@ def read_shard(
         pad_rows = rows - real_BH.shape[0]
         return torch.cat([real_BH, real_BH.new_zeros((pad_rows, real_BH.shape[1]))], dim=0)
     if kind == "qkv":
-        groups_per_rank, hpg, hd = arch.num_kv_heads // tp, arch.heads_per_group, arch.head_dim
+        groups_per_rank, hpg, hd = arch.num_key_value_heads // tp, arch.heads_per_group, arch.head_dim
         parts = []
         for g in range(tp_rank * groups_per_rank, (tp_rank + 1) * groups_per_rank):
             parts.append(read(names[0], 0, g * hpg * hd, (g + 1) * hpg * hd))
@@ -111,7 +111,7 @@ def read_shard(
 
 
 def merge_shards(
-    mapping: ParamMapping, shards: list[torch.Tensor], arch: Qwen3Arch
+    mapping: ParamMapping, shards: list[torch.Tensor], arch: ModelArch
 ) -> list[tuple[str, torch.Tensor]]:
     """The full HF tensors from the TP shards (rank order) of one Megatron parameter: the inverse of
     `read_shard` (fusions undone, vocabulary padding removed)."""
@@ -129,11 +129,11 @@ def merge_shards(
         return [(names[0], torch.cat(shards, dim=0)[: arch.vocab_size])]
     if kind == "qkv":
         hpg, hd = arch.heads_per_group, arch.head_dim
-        fused_GSDH = torch.cat(shards, dim=0).view(arch.num_kv_heads, hpg + 2, hd, -1)
+        fused_GSDH = torch.cat(shards, dim=0).view(arch.num_key_value_heads, hpg + 2, hd, -1)
         hidden = fused_GSDH.shape[-1]
-        q = fused_GSDH[:, :hpg].reshape(arch.num_heads * hd, hidden)
-        k = fused_GSDH[:, hpg].reshape(arch.num_kv_heads * hd, hidden)
-        v = fused_GSDH[:, hpg + 1].reshape(arch.num_kv_heads * hd, hidden)
+        q = fused_GSDH[:, :hpg].reshape(arch.num_attention_heads * hd, hidden)
+        k = fused_GSDH[:, hpg].reshape(arch.num_key_value_heads * hd, hidden)
+        v = fused_GSDH[:, hpg + 1].reshape(arch.num_key_value_heads * hd, hidden)
         return [(names[0], q), (names[1], k), (names[2], v)]
     raise ValueError(f"unknown shard kind {kind!r}")
 

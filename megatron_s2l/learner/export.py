@@ -15,8 +15,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
+from megatron_s2l.archs import ModelArch
 from megatron_s2l.learner.convert import map_megatron_param, merge_shards, shard_dim
-from megatron_s2l.learner.hf_config import Qwen3Arch
 from megatron_s2l.learner.model import stage_layer_offset, unwrap_model
 
 # Files copied from the source checkpoint next to the exported weights (tokenizer, generation).
@@ -33,7 +33,7 @@ _SIDE_FILES = (
 
 @torch.no_grad()
 def iter_hf_weights(
-    model: torch.nn.Module, arch: Qwen3Arch, *, dtype: torch.dtype | None = None
+    model: torch.nn.Module, arch: ModelArch, *, dtype: torch.dtype | None = None
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield `(hf_name, full_tensor)` for every HF tensor held by this rank's pipeline stage.
 
@@ -68,7 +68,7 @@ def iter_hf_weights(
 
 def export_hf(
     model: torch.nn.Module,
-    arch: Qwen3Arch,
+    arch: ModelArch,
     raw_config: dict,
     out_dir: str | Path,
     *,

@@ -9,71 +9,20 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from megatron_s2l.archs import ModelArch
 from megatron_s2l.learner.parallel import ParallelConfig
 
-SUPPORTED_MODEL_TYPES = ("qwen3",)
 
-
-@dataclass(frozen=True, slots=True)
-class Qwen3Arch:
-    """The architecture fields of a Qwen3 `config.json` that the learner uses."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rope_theta: float
-    rms_norm_eps: float
-    max_position_embeddings: int
-    tie_word_embeddings: bool
-
-    @property
-    def heads_per_group(self) -> int:
-        return self.num_heads // self.num_kv_heads
-
-
-def read_qwen3_config(hf_dir: str | Path) -> tuple[Qwen3Arch, dict]:
+def read_qwen3_config(hf_dir: str | Path) -> tuple[ModelArch, dict]:
     """Parse `hf_dir/config.json`; returns the architecture and the raw dict (kept for export)."""
     path = Path(hf_dir) / "config.json"
     raw = json.loads(path.read_text())
-    model_type = raw.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"{path}: model_type {model_type!r} is not supported (expected one of {SUPPORTED_MODEL_TYPES})"
-        )
-    if raw.get("attention_bias", False):
-        raise ValueError(f"{path}: attention_bias=true is not a Qwen3 dense layout")
-    if raw.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{path}: hidden_act {raw['hidden_act']!r} is not supported (silu only)")
-    rope = raw.get("rope_parameters") or {}
-    if rope.get("rope_type", "default") != "default" or raw.get("rope_scaling"):
-        raise ValueError(f"{path}: only default RoPE is supported, got {rope or raw.get('rope_scaling')}")
-    num_heads = raw["num_attention_heads"]
-    arch = Qwen3Arch(
-        vocab_size=raw["vocab_size"],
-        hidden_size=raw["hidden_size"],
-        intermediate_size=raw["intermediate_size"],
-        num_layers=raw["num_hidden_layers"],
-        num_heads=num_heads,
-        num_kv_heads=raw.get("num_key_value_heads", num_heads),
-        head_dim=raw.get("head_dim") or raw["hidden_size"] // num_heads,
-        rope_theta=float(rope.get("rope_theta", raw.get("rope_theta", 1_000_000.0))),
-        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        max_position_embeddings=raw.get("max_position_embeddings", 40960),
-        tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-    )
-    if arch.num_heads % arch.num_kv_heads != 0:
-        raise ValueError(f"{path}: num_attention_heads {num_heads} not divisible by num_key_value_heads")
-    return arch, raw
+    return ModelArch.from_hf_config(raw, str(path)), raw
 
 
 def padded_vocab_size(vocab_size: int, pad_multiple: int, tp: int) -> int:
@@ -83,7 +32,7 @@ def padded_vocab_size(vocab_size: int, pad_multiple: int, tp: int) -> int:
 
 
 def build_transformer_config(
-    arch: Qwen3Arch,
+    arch: ModelArch,
     parallel: ParallelConfig,
     *,
     params_dtype: torch.dtype,
@@ -98,11 +47,11 @@ def build_transformer_config(
 
     bf16 = params_dtype == torch.bfloat16
     return TransformerConfig(
-        num_layers=arch.num_layers,
+        num_layers=arch.num_hidden_layers,
         hidden_size=arch.hidden_size,
         ffn_hidden_size=arch.intermediate_size,
-        num_attention_heads=arch.num_heads,
-        num_query_groups=arch.num_kv_heads,
+        num_attention_heads=arch.num_attention_heads,
+        num_query_groups=arch.num_key_value_heads,
         kv_channels=arch.head_dim,
         normalization="RMSNorm",
         layernorm_epsilon=arch.rms_norm_eps,

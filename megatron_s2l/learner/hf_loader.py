@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from megatron_s2l.archs import ModelArch
 from megatron_s2l.learner.convert import map_megatron_param, read_shard
-from megatron_s2l.learner.hf_config import Qwen3Arch
 from megatron_s2l.learner.model import stage_layer_offset, unwrap_model
 
 
@@ -53,7 +53,7 @@ class SafetensorsSource:
 
 
 @torch.no_grad()
-def load_hf_weights(model: torch.nn.Module, hf_dir: str | Path, arch: Qwen3Arch) -> int:
+def load_hf_weights(model: torch.nn.Module, hf_dir: str | Path, arch: ModelArch) -> int:
     """Copy the HF checkpoint into every parameter of this rank's stage; returns the count loaded.
 
     Fails if a parameter has no HF tensor or a shape disagrees (nothing is left at its init).

@@ -19,9 +19,10 @@ from typing import Literal
 import torch
 
 from megatron_s2l.algo.loss import LossConfig
+from megatron_s2l.archs import ModelArch
 from megatron_s2l.learner import checkpoint, export, grpo_step
 from megatron_s2l.learner.batch import TrainBatch
-from megatron_s2l.learner.hf_config import Qwen3Arch, build_transformer_config, read_qwen3_config
+from megatron_s2l.learner.hf_config import build_transformer_config, read_qwen3_config
 from megatron_s2l.learner.hf_loader import load_hf_weights
 from megatron_s2l.learner.model import build_gpt_model
 from megatron_s2l.learner.optimizer import OptimizerConfig, build_lr_scheduler, build_optimizer
@@ -65,7 +66,7 @@ class LearnerConfig:
 class LoadedPolicy:
     """This rank's stage of the policy, loaded from HF, before any training wrappers."""
 
-    arch: Qwen3Arch
+    arch: ModelArch
     raw_hf_config: dict
     layout: ParallelLayout
     transformer_config: object
@@ -76,7 +77,10 @@ def load_hf_policy(cfg: LearnerConfig, hf_dir: str | Path) -> LoadedPolicy:
     """Start the parallel state and load this rank's stage of the HF checkpoint (no optimizer)."""
     arch, raw = read_qwen3_config(hf_dir)
     layout = init_distributed(
-        cfg.parallel, num_layers=arch.num_layers, num_heads=arch.num_heads, num_query_groups=arch.num_kv_heads
+        cfg.parallel,
+        num_layers=arch.num_hidden_layers,
+        num_heads=arch.num_attention_heads,
+        num_query_groups=arch.num_key_value_heads,
     )
     tf_config = build_transformer_config(
         arch, cfg.parallel, params_dtype=cfg.resolved_dtype(), recompute_activations=cfg.recompute_activations
@@ -95,7 +99,7 @@ class ReferencePolicy:
     checkpoint, in the learner's TP/PP layout, forward only. With `offload` its weights wait in
     (pinned) host memory and visit the compute device only for `compute_logprobs`."""
 
-    def __init__(self, cfg: LearnerConfig, arch: Qwen3Arch, hf_dir: str | Path) -> None:
+    def __init__(self, cfg: LearnerConfig, arch: ModelArch, hf_dir: str | Path) -> None:
         from megatron.core.transformer.module import Float16Module
 
         dtype = cfg.resolved_dtype()
@@ -170,7 +174,7 @@ class Learner:
     def __init__(
         self,
         cfg: LearnerConfig,
-        arch: Qwen3Arch,
+        arch: ModelArch,
         raw_hf_config: dict,
         layout: ParallelLayout,
         model: torch.nn.Module,

@@ -6,7 +6,8 @@ import importlib.util
 
 import torch
 
-from megatron_s2l.learner.hf_config import Qwen3Arch, padded_vocab_size
+from megatron_s2l.archs import ModelArch
+from megatron_s2l.learner.hf_config import padded_vocab_size
 
 
 def transformer_engine_available() -> bool:
@@ -26,7 +27,7 @@ def build_layer_spec(use_te: bool):
 
 
 def build_gpt_model(
-    arch: Qwen3Arch, transformer_config, *, vocab_pad_multiple: int, use_te: bool | None = None
+    arch: ModelArch, transformer_config, *, vocab_pad_multiple: int, use_te: bool | None = None
 ):
     """This rank's stage of the GPTModel (not yet wrapped in DDP), parameters on the current device.
 

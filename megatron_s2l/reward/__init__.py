@@ -2,9 +2,9 @@
 
 from megatron_s2l.reward.scorer import RewardConfig, RewardResult, RewardScorer
 from megatron_s2l.reward.sources import (
+    AIME_SOURCE_PREFIX,
     BOXED_SOURCES,
     CHOICE_SOURCES,
-    DAPO_SOURCE_PREFIX,
     DAPO_SOURCES,
     GSM8K_SOURCES,
     check_data_source,
@@ -13,10 +13,10 @@ from megatron_s2l.reward.sources import (
 )
 
 __all__ = [
+    "AIME_SOURCE_PREFIX",
     "BOXED_SOURCES",
     "CHOICE_SOURCES",
     "DAPO_SOURCES",
-    "DAPO_SOURCE_PREFIX",
     "GSM8K_SOURCES",
     "RewardConfig",
     "RewardResult",

@@ -1,12 +1,14 @@
-"""Math rewards: DAPO's `Answer:` line (+1 correct / -1 wrong) and the `\\boxed{}` variant (1 / 0).
+"""Math rewards: DAPO's `Answer:` line (+1 correct / -1 wrong), the `\\boxed{}` variant (1 / 0), and
+for evaluation sets the boxed answer else the `Answer:` line (+1 / -1).
 
-Both normalize the prediction and the ground truth (normalize.py) and compare the strings; when those
+All three normalize the prediction and the ground truth (normalize.py) and compare the strings; when those
 differ, math-verify decides whether the two are the same value (`\\frac{1}{2}` vs `0.5`, `2\\sqrt{2}`
 vs `\\sqrt{8}`). Nothing here has a time limit of its own (sympy can run for ever on `9^{9^{9^9}}`):
 untrusted output goes through `RewardScorer`, which kills a worker that overruns.
 
 Score conventions: DAPO's reward is +1 / -1 (its recipe), the boxed variant's 1 / 0 (verl's math
-reward); `acc` is the same boolean in both.
+reward), the boxed-or-answer reward's +1 / -1 (AIME sets, DAPO-scored before it); `acc` is the same
+boolean in all three.
 """
 
 from __future__ import annotations
@@ -60,3 +62,22 @@ def score_boxed(solution: str, ground_truth: str) -> dict[str, float | bool | st
     pred = normalize_answer(boxed) if boxed is not None else ""
     acc = answers_match(pred, normalize_answer(ground_truth))
     return {"score": BOXED_CORRECT if acc else BOXED_WRONG, "acc": acc, "pred": pred}
+
+
+def score_boxed_or_answer(solution: str, ground_truth: str) -> dict[str, float | bool | str]:
+    """The evaluation reward for AIME-style sets: the last `\\boxed{...}` anywhere in the response, else
+    the last `Answer:` line anywhere, against the ground truth (+1 / -1).
+
+    It reads the answers of both prompts `s2l data prepare` writes: the plain problem (a model then
+    boxes its answer) and DAPO's instruction (an `Answer:` last line). The order and the whole-response
+    reach follow the S2L-PO authors' extraction (github.com/qishisuren123/S2L-PO,
+    eval/extract_answers.py at 0a9f929), so a response holding both is judged by its box. Their further
+    fallbacks (the last `\\frac`, the last number, the last line) and their substring match are not
+    taken: a response with neither a box nor an `Answer:` line is wrong.
+    """
+    answer = last_boxed_content(solution)
+    if answer is None:
+        answer = last_answer_line(solution)
+    pred = normalize_answer(answer) if answer is not None else ""
+    acc = answers_match(pred, normalize_answer(ground_truth))
+    return {"score": DAPO_CORRECT if acc else DAPO_WRONG, "acc": acc, "pred": pred}

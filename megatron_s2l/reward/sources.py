@@ -6,15 +6,23 @@ from collections.abc import Callable
 
 from megatron_s2l.reward.choice import CHOICE_WRONG, score_choice
 from megatron_s2l.reward.gsm8k import GSM8K_WRONG, score_gsm8k
-from megatron_s2l.reward.math_reward import BOXED_WRONG, DAPO_WRONG, score_boxed, score_dapo
+from megatron_s2l.reward.math_reward import (
+    BOXED_WRONG,
+    DAPO_WRONG,
+    score_boxed,
+    score_boxed_or_answer,
+    score_dapo,
+)
 
 ScoreFn = Callable[[str, str], dict[str, float | bool | str]]
 
-# verl's routing (verl.utils.reward_score.default_compute_score) for the names it knows, plus ours
-# (synthetic_arith, math_boxed, commonsense_qa).
+# verl's routing (verl.utils.reward_score.default_compute_score) for the names it knows, except
+# aime*, plus ours (synthetic_arith, math_boxed, commonsense_qa).
 DAPO_SOURCES = ("math_dapo", "math", "math_dapo_reasoning", "synthetic_arith")
-DAPO_SOURCE_PREFIX = "aime"
-"""Every source whose name starts with this (aime24, aime_2025, ...) is scored the DAPO way."""
+AIME_SOURCE_PREFIX = "aime"
+"""Every source whose name starts with this (aime24, aime_2025, ...) gets `score_boxed_or_answer`
+(+1 / -1), not verl's DAPO reward: the S2L-PO authors' plain AIME prompt draws a `\\boxed{}` answer,
+which the DAPO reward never reads, and DAPO-prompted `Answer:` lines still score."""
 BOXED_SOURCES = (
     "math_boxed",
     "lighteval/MATH",
@@ -27,8 +35,10 @@ CHOICE_SOURCES = ("commonsense_qa",)
 
 def _route(data_source: str) -> tuple[ScoreFn, float]:
     """(reward function, score of a wrong answer) for a data source."""
-    if data_source in DAPO_SOURCES or data_source.startswith(DAPO_SOURCE_PREFIX):
+    if data_source in DAPO_SOURCES:
         return score_dapo, DAPO_WRONG
+    if data_source.startswith(AIME_SOURCE_PREFIX):
+        return score_boxed_or_answer, DAPO_WRONG
     if data_source in BOXED_SOURCES:
         return score_boxed, BOXED_WRONG
     if data_source in GSM8K_SOURCES:
@@ -38,7 +48,7 @@ def _route(data_source: str) -> tuple[ScoreFn, float]:
     known = ", ".join(DAPO_SOURCES + BOXED_SOURCES + GSM8K_SOURCES + CHOICE_SOURCES)
     raise ValueError(
         f"unknown data source {data_source!r}: known sources are {known}, "
-        f"and any name starting with {DAPO_SOURCE_PREFIX!r}"
+        f"and any name starting with {AIME_SOURCE_PREFIX!r}"
     )
 
 

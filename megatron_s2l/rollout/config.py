@@ -161,5 +161,8 @@ class RolloutConfig:
     """Batching, concurrency, time-outs and retries of requests to either pool."""
     explorer_cache_path: str | None = None
     """JSONL of pre-generated explorer samples (tools/fill_explorer_cache.py); None samples live."""
+    prefetch_explorer: bool = True
+    """Generate the next step's explorer samples while this step trains and syncs (the explorer is
+    frozen: same samples, same seeds, at most one step ahead)."""
     log_dir: str | None = None
     """Where each server's log file goes; None: the run directory's `engine-logs/`."""

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 from megatron_s2l.rollout.client import RolloutClient
 from megatron_s2l.rollout.config import RolloutConfig
 from megatron_s2l.rollout.explorer_cache import ExplorerCache
+from megatron_s2l.rollout.loop_thread import LoopThread
+from megatron_s2l.rollout.placement import plan_cpu_cores
 from megatron_s2l.rollout.pool import EnginePool
 from megatron_s2l.rollout.sampler import S2LGroupSampler
 from megatron_s2l.rollout.tokenizer_check import check_same_tokenizer
@@ -39,12 +41,20 @@ class RolloutEngines:
             raise ValueError("rollout.log_dir is unset (a run places it in its directory: RunDir.resolve)")
         log_dir = Path(config.log_dir)
         live_explorer = explorer_model is not None and config.explorer_cache_path is None
+        # CPU engines of the run get disjoint cores (placement.py: they would thrash otherwise).
+        pools = {"learner": config.learner, **({"explorer": config.explorer} if live_explorer else {})}
+        on_cpu = [name for name, pool in pools.items() if pool.engine.resolved_device() == "cpu"]
+        cores = dict(zip(on_cpu, plan_cpu_cores([pools[name].num_engines for name in on_cpu]), strict=True))
         self.explorer = (
-            EnginePool("explorer", explorer_model, config.explorer, log_dir) if live_explorer else None
+            EnginePool("explorer", explorer_model, config.explorer, log_dir, cores.get("explorer"))
+            if live_explorer
+            else None
         )
-        self.learner = EnginePool("learner", learner_model, config.learner, log_dir)
+        self.learner = EnginePool("learner", learner_model, config.learner, log_dir, cores.get("learner"))
         self.startup_seconds: dict[str, list[float]] = {}
         self._runner: asyncio.Runner | None = None
+        self.explorer_loop = LoopThread("s2l-explorer") if self.explorer is not None else None
+        """Where every explorer request runs (loop_thread.py: prefetch while the trainer trains)."""
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run `coroutine` to completion on the engines' event loop (the same loop every call)."""
@@ -66,6 +76,8 @@ class RolloutEngines:
         return self
 
     def stop(self) -> None:
+        if self.explorer_loop is not None:
+            self.explorer_loop.close()
         for pool in (self.learner, self.explorer):
             if pool is not None:
                 pool.stop()
@@ -92,6 +104,7 @@ class RolloutEngines:
             self.config,
             t_mix=t_mix,
             group_size=group_size,
+            explorer_loop=self.explorer_loop,
             explorer_cache=cache,
             seed=seed,
         )

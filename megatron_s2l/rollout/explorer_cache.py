@@ -19,6 +19,7 @@ import json
 import random
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from megatron_s2l.rollout.records import RolloutRecord
 
@@ -43,36 +44,42 @@ def write_explorer_cache(path: str | Path, records: list[RolloutRecord], append:
 
 
 class ExplorerCache:
-    """Cached explorer samples per prompt, handed out without replacement in a seeded random order."""
+    """Cached explorer samples per prompt, handed out without replacement in a seeded random order.
+
+    The position (how many samples of each prompt were drawn) is the loop state a run checkpoint
+    saves (`state_dict`), so a resumed run goes on drawing unused samples."""
 
     def __init__(self, path: str | Path, seed: int = 0) -> None:
         self.path = Path(path)
-        self._unused: dict[str, list[dict]] = defaultdict(list)
+        self._rows: dict[str, list[dict]] = defaultdict(list)
+        self._num_rows = 0
         with open(self.path) as rows:
             for line_number, line in enumerate(rows, 1):
                 try:
                     row = json.loads(line)
-                    self._unused[str(row["prompt_id"])].append(row)
+                    self._rows[str(row["prompt_id"])].append(row)
                 except (json.JSONDecodeError, KeyError) as error:
                     raise ValueError(
                         f"{self.path}:{line_number}: bad explorer cache row ({error})"
                     ) from error
+                self._num_rows += 1
         rng = random.Random(seed)
-        for rows_of_prompt in self._unused.values():
+        for rows_of_prompt in self._rows.values():
             rng.shuffle(rows_of_prompt)
+        self._drawn: dict[str, int] = defaultdict(int)
 
     def remaining(self, prompt_id: str) -> int:
-        return len(self._unused.get(prompt_id, []))
+        return len(self._rows.get(prompt_id, [])) - self._drawn.get(prompt_id, 0)
 
     def draw(self, prompt_id: str, prompt_ids: list[int], count: int) -> list[RolloutRecord]:
         """`count` unused samples of `prompt_id` (their prompt tokens must equal `prompt_ids`)."""
-        unused = self._unused.get(prompt_id, [])
-        if count > len(unused):
+        if count > self.remaining(prompt_id):
             raise ExplorerCacheExhaustedError(
-                f"explorer cache {self.path} has {len(unused)} unused samples of prompt {prompt_id!r}, "
-                f"{count} needed: fill it with more samples per prompt"
+                f"explorer cache {self.path} has {self.remaining(prompt_id)} unused samples of prompt "
+                f"{prompt_id!r}, {count} needed: fill it with more samples per prompt"
             )
-        rows, self._unused[prompt_id] = unused[:count], unused[count:]
+        first = self._drawn[prompt_id]
+        rows = self._rows[prompt_id][first : first + count]
         records = []
         for index, row in enumerate(rows):
             if row["prompt_ids"] != prompt_ids:
@@ -91,4 +98,18 @@ class ExplorerCache:
                     weight_version=row["weight_version"],
                 )
             )
+        self._drawn[prompt_id] += count
         return records
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_rows": self._num_rows, "drawn": dict(self._drawn)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue after the draws of `state`; refused when the file changed since (its seeded
+        order would differ, and samples already used could come back)."""
+        if state["num_rows"] != self._num_rows:
+            raise ValueError(
+                f"explorer cache {self.path} has {self._num_rows} rows but the checkpoint drew from "
+                f"{state['num_rows']}: the cache file changed since the checkpoint was saved"
+            )
+        self._drawn = defaultdict(int, state["drawn"])

@@ -24,12 +24,24 @@ class EnginePool:
     """Servers of one model, the requests in flight on each, and their weight versions."""
 
     def __init__(
-        self, name: str, model_path: str | Path, config: EnginePoolConfig, log_dir: str | Path
+        self,
+        name: str,
+        model_path: str | Path,
+        config: EnginePoolConfig,
+        log_dir: str | Path,
+        cpu_cores: list[frozenset[int]] | None = None,
     ) -> None:
+        """`cpu_cores`: the cores of each server on CPU (`megatron_s2l.rollout.placement`); None: all."""
         self.name, self.model_path, self.config = name, str(model_path), config
         self.log_dir = Path(log_dir)
         self.servers: list[EngineServer] = [
-            EngineServer(model_path, config.engine, self.log_dir / f"{name}{i}.log", name=f"{name}{i}")
+            EngineServer(
+                model_path,
+                config.engine,
+                self.log_dir / f"{name}{i}.log",
+                name=f"{name}{i}",
+                cpu_cores=cpu_cores[i] if cpu_cores else None,
+            )
             for i in range(config.num_engines)
         ]
         self.router: RouterServer | None = None

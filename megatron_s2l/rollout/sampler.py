@@ -13,11 +13,13 @@ from the explorer pool, or from a pre-filled `ExplorerCache` when one is given.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 
 from megatron_s2l.algo.schedule import s2l_split
 from megatron_s2l.rollout.client import RolloutClient
 from megatron_s2l.rollout.config import RolloutConfig
 from megatron_s2l.rollout.explorer_cache import ExplorerCache
+from megatron_s2l.rollout.loop_thread import LoopThread
 from megatron_s2l.rollout.records import (
     Prompt,
     RolloutBatch,
@@ -39,12 +41,18 @@ class S2LGroupSampler:
         *,
         t_mix: int,
         group_size: int,
+        explorer_loop: LoopThread | None = None,
         explorer_cache: ExplorerCache | None = None,
         seed: int | None = None,
     ) -> None:
         if explorer is None and explorer_cache is None and t_mix > 0:
             raise ValueError("t_mix > 0 needs an explorer pool or an explorer cache")
+        if (explorer is None) != (explorer_loop is None):
+            raise ValueError("an explorer pool's requests run on its own loop: give explorer_loop with it")
         self.explorer, self.learner, self.config = explorer, learner, config
+        self.explorer_loop = explorer_loop
+        self._prefetched: tuple[int, list[str], concurrent.futures.Future[list[RolloutRecord]]] | None = None
+        """(step, prompt ids, explorer samples being generated) of `prefetch_explorer`."""
         self.t_mix, self.group_size = t_mix, group_size
         self.explorer_cache = explorer_cache
         self.seed = seed
@@ -69,10 +77,37 @@ class S2LGroupSampler:
             "rollout/learner_resent_batches": float(self.learner.stats.resent_batches - learner_stats_before),
             "rollout/learner_server_restarts": float(pool.restarts),
             "rollout/explorer_from_cache": float(self.explorer_cache is not None and g_explorer > 0),
+            # Every response token generated this round, kept in the batch or not (rollout compute).
+            "rollout/generated_tokens_explorer": float(sum(len(r.response_ids) for r in explorer_records)),
+            "rollout/generated_tokens_learner": float(sum(len(r.response_ids) for r in learner_records)),
         }
         return RolloutBatch(
             step=step, g_explorer=g_explorer, g_learner=g_learner, groups=groups, metrics=metrics
         )
+
+    def prefetch_explorer(self, prompts: list[Prompt], step: int) -> None:
+        """Start generating the explorer samples of `step`'s first sampling round for `prompts` now,
+        on the explorer's loop, so that `sample(prompts, step)` finds them (or waits for the rest).
+        The same requests and seeds as without prefetch: the samples do not depend on when they are
+        made (the explorer is frozen). A no-op without a live explorer or explorer samples at `step`."""
+        count = s2l_split(step, self.t_mix, self.group_size)[0]
+        if self.explorer is None or count == 0:
+            return
+        self._drop_prefetch()
+        future = self._submit_explorer(prompts, count, step, 0)
+        self._prefetched = (step, [p.prompt_id for p in prompts], future)
+
+    def _drop_prefetch(self) -> None:
+        if self._prefetched is not None:
+            self._prefetched[2].cancel()
+            self._prefetched = None
+
+    def _submit_explorer(
+        self, prompts: list[Prompt], count: int, step: int, sampling_round: int
+    ) -> concurrent.futures.Future[list[RolloutRecord]]:
+        assert self.explorer is not None and self.explorer_loop is not None
+        requests = self._requests(prompts, count, "explorer", step, sampling_round)
+        return self.explorer_loop.submit(self.explorer.generate(requests, self.config.explorer_sampling))
 
     async def _explorer_samples(
         self, prompts: list[Prompt], count: int, step: int, sampling_round: int
@@ -81,9 +116,13 @@ class S2LGroupSampler:
             return []
         if self.explorer_cache is not None:
             return [r for p in prompts for r in self.explorer_cache.draw(p.prompt_id, p.input_ids, count)]
-        assert self.explorer is not None
-        requests = self._requests(prompts, count, "explorer", step, sampling_round)
-        return await self.explorer.generate(requests, self.config.explorer_sampling)
+        key = (step, [p.prompt_id for p in prompts])
+        if sampling_round == 0 and self._prefetched is not None and self._prefetched[:2] == key:
+            future, self._prefetched = self._prefetched[2], None
+        else:
+            self._drop_prefetch()  # made for other prompts or another step: never used
+            future = self._submit_explorer(prompts, count, step, sampling_round)
+        return await asyncio.wrap_future(future)
 
     def _requests(
         self, prompts: list[Prompt], count: int, source: str, step: int, sampling_round: int
@@ -107,6 +146,8 @@ ADDITIVE_METRICS = frozenset(
         "rollout/learner_samples",
         "rollout/stale_learner_samples",
         "rollout/learner_resent_batches",
+        "rollout/generated_tokens_explorer",
+        "rollout/generated_tokens_learner",
     }
 )
 """Per-round counts: a step's value is their sum over its sampling rounds. The other rollout metrics

@@ -18,6 +18,9 @@ class SamplingConfig:
     """-1 disables top-k."""
     max_new_tokens: int = 1024
     """Response length cap; a response cut here finishes with reason `length`."""
+    presence_penalty: float = 0.0
+    """Subtracted from the logit of every token already in the response (Qwen3's no-think evaluation
+    uses 1.5); 0 is off."""
     stop: list[str] = field(default_factory=list)
     """Stop strings (the EOS token always stops)."""
     stop_token_ids: list[int] = field(default_factory=list)
@@ -32,6 +35,8 @@ class SamplingConfig:
             raise ValueError(f"top_k must be -1 (off) or >= 1, got {self.top_k}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not -2 <= self.presence_penalty <= 2:
+            raise ValueError(f"presence_penalty must be in [-2, 2], got {self.presence_penalty}")
 
     def to_sglang(self, seed: int | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -40,6 +45,8 @@ class SamplingConfig:
             "top_k": self.top_k,
             "max_new_tokens": self.max_new_tokens,
         }
+        if self.presence_penalty:
+            params["presence_penalty"] = self.presence_penalty
         if self.stop:
             params["stop"] = list(self.stop)
         if self.stop_token_ids:

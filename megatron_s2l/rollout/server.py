@@ -20,6 +20,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import ctypes
+import functools
 import importlib.util
 import os
 import signal
@@ -69,12 +70,19 @@ def build_server_command(model_path: str, config: EngineConfig, port: int) -> li
     return cmd + list(config.extra_args)
 
 
-def build_server_env(device: Literal["cpu", "cuda"], site_dirs: list[str] | None = None) -> dict[str, str]:
-    """A server child's environment: on CPU, the CPU engine switch and the stand-ins on PYTHONPATH."""
+def build_server_env(
+    device: Literal["cpu", "cuda"],
+    site_dirs: list[str] | None = None,
+    cpu_cores: frozenset[int] | None = None,
+) -> dict[str, str]:
+    """A server child's environment: on CPU, the CPU engine switch and the stand-ins on PYTHONPATH,
+    and as many OpenMP threads as it has cores when it is given its own (`cpu_cores`)."""
     env = dict(os.environ)
     paths = list(site_dirs or [])
     if device == "cpu":
         env["SGLANG_USE_CPU_ENGINE"] = "1"  # without it SGLang's CPU path imports vllm
+        if cpu_cores:
+            env["OMP_NUM_THREADS"] = str(len(cpu_cores))
         paths = [str(CPU_SHIMS_DIR), *paths]
         if DEFAULT_SERVER_SITE_DIR.is_dir():
             paths.append(str(DEFAULT_SERVER_SITE_DIR))
@@ -96,18 +104,30 @@ def check_cpu_server_site(site_dirs: list[str]) -> None:
     )
 
 
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec: SIGTERM it when the parent dies."""
+def _setup_child(cpu_cores: frozenset[int] | None) -> None:
+    """Runs in the child between fork and exec: SIGTERM it when the parent dies; pin it (and so
+    every process it starts) to `cpu_cores` when given."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if cpu_cores:
+        os.sched_setaffinity(0, cpu_cores)
 
 
 class ManagedProcess:
-    """A child process in its own process group, logged to a file, stopped by its own PID."""
+    """A child process in its own process group, logged to a file, stopped by its own PID; pinned to
+    `cpu_cores` when given."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_path: str | Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        cmd: list[str],
+        env: dict[str, str],
+        log_path: str | Path,
+        cpu_cores: frozenset[int] | None = None,
+    ) -> None:
         self.name, self.cmd, self.env = name, cmd, env
         self.log_path = Path(log_path)
+        self.cpu_cores = cpu_cores
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -130,7 +150,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(_setup_child, self.cpu_cores),
             ).result()
         _LIVE_PROCESSES.add(self)
 
@@ -237,10 +257,16 @@ class _HttpProcess:
 
 
 class EngineServer(_HttpProcess):
-    """One SGLang server process serving `model_path`."""
+    """One SGLang server process serving `model_path` (on CPU, on `cpu_cores` when given: see
+    `megatron_s2l.rollout.placement`)."""
 
     def __init__(
-        self, model_path: str | Path, config: EngineConfig, log_path: str | Path, name: str = ""
+        self,
+        model_path: str | Path,
+        config: EngineConfig,
+        log_path: str | Path,
+        name: str = "",
+        cpu_cores: frozenset[int] | None = None,
     ) -> None:
         self.model_path = str(model_path)
         self.config = config
@@ -251,9 +277,10 @@ class EngineServer(_HttpProcess):
         cmd = build_server_command(self.model_path, config, self.port)
         if config.resolved_device() == "cpu":
             check_cpu_server_site(config.server_site_dirs)
-        self.process = ManagedProcess(
-            self.name, cmd, build_server_env(config.resolved_device(), config.server_site_dirs), log_path
-        )
+        device = config.resolved_device()
+        cpu_cores = cpu_cores if device == "cpu" else None
+        env = build_server_env(device, config.server_site_dirs, cpu_cores)
+        self.process = ManagedProcess(self.name, cmd, env, log_path, cpu_cores)
 
     def restart(self) -> float:
         """Stop (if needed) and start again on the same port, from the original model path."""

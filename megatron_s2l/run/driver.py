@@ -13,14 +13,15 @@ from typing import Any
 
 import torch
 
+from megatron_s2l.algo import s2l_split
 from megatron_s2l.config import S2LConfig
-from megatron_s2l.data import PromptRecord, PromptSampler, load_prompt_dataset
-from megatron_s2l.eval import avg_at_k, pass_at_k
+from megatron_s2l.data import PromptRecord, PromptSampler, load_prompt_dataset, prompt_id
+from megatron_s2l.eval.score import sample_and_score, summarize
 from megatron_s2l.learner.parallel import ParallelLayout
 from megatron_s2l.reward import RewardScorer, check_data_source
 from megatron_s2l.rollout.client import RolloutClient
 from megatron_s2l.rollout.engines import RolloutEngines
-from megatron_s2l.rollout.records import Prompt, SampleRequest, sample_seed
+from megatron_s2l.rollout.records import Prompt
 from megatron_s2l.rollout.sampler import merge_round_metrics
 from megatron_s2l.run.experience import Experience, build_experience, keep_groups_with_signal, score_groups
 from megatron_s2l.run.metrics import RunLogger
@@ -56,6 +57,9 @@ class Driver:
             t_mix=cfg.schedule.t_mix, group_size=cfg.schedule.group_size, seed=cfg.seed
         )
         self.logger = RunLogger(run, tensorboard=cfg.logging.tensorboard, total_steps=cfg.schedule.steps)
+        self._ahead: tuple[list[int], dict[str, int]] | None = None
+        """The next step's prompts, drawn early for the explorer prefetch, and the prompt sampler's
+        state before that draw (what a checkpoint saves: a resumed run draws them again)."""
 
     def log_summary(self, layout: ParallelLayout) -> None:
         """The run's derived numbers, once at start-up (nanochat's "Calculated ..." lines)."""
@@ -82,7 +86,7 @@ class Driver:
 
     def _prompt(self, index: int) -> tuple[Prompt, PromptRecord]:
         record = self.train_set[index]
-        return Prompt(f"train-{index}", self.train_set.prompt_ids[index]), record
+        return Prompt(prompt_id("train", index), self.train_set.prompt_ids[index]), record
 
     def collect(self, step: int) -> tuple[Experience, dict[str, float]]:
         """Sample complete S2L groups for the step's prompts, score them, compute advantages. With
@@ -94,7 +98,7 @@ class Driver:
         round_metrics: list[dict[str, float]] = []
         rounds, reward_seconds = 0, 0.0
         while True:
-            prompts = [self._prompt(i) for i in next(self._batches)]
+            prompts = [self._prompt(i) for i in self._next_batch()]
             rollout = self.engines.run(self.sampler.sample([p for p, _ in prompts], step, rounds))
             rounds += 1
             round_metrics.append(rollout.metrics)
@@ -130,44 +134,68 @@ class Driver:
             "time/rollout": elapsed,
             "time/reward": reward_seconds,
         }
+        self._prefetch_explorer(step + 1)
         return experience, metrics
+
+    def _next_batch(self) -> list[int]:
+        if self._ahead is not None:
+            indices, self._ahead = self._ahead[0], None
+            return indices
+        return next(self._batches)
+
+    def _prefetch_explorer(self, step: int) -> None:
+        """Draw `step`'s prompts now and start their explorer samples, to be generated while the
+        trainer trains and syncs (rollout.prefetch_explorer)."""
+        mixing = s2l_split(step, self.cfg.schedule.t_mix, self.cfg.schedule.group_size)[0] > 0
+        live_explorer = self.sampler.explorer is not None
+        if (
+            not (self.cfg.rollout.prefetch_explorer and live_explorer and mixing)
+            or step > self.cfg.schedule.steps
+        ):
+            return
+        state = self.prompts.state_dict()
+        indices = next(self._batches)
+        self._ahead = (indices, state)
+        self.sampler.prefetch_explorer([self._prompt(i)[0] for i in indices], step)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """avg@k and pass@k on the held-out prompts, sampled from the learner engines (seeded)."""
         if self.eval_set is None:
             return {}
         k = self.cfg.eval.samples_per_prompt
-        requests = [
-            SampleRequest(
-                f"eval-{i}",
-                j,
-                self.eval_set.prompt_ids[i],
-                sample_seed(self.cfg.seed, step, 0, "eval", str(i), j),
-            )
-            for i in range(len(self.eval_set))
-            for j in range(k)
-        ]
         client = RolloutClient(self.engines.learner, "learner", self.cfg.rollout.client)
-        records = self.engines.run(client.generate(requests, self.cfg.rollout.learner_sampling))
-        texts = self.tokenizer.batch_decode([r.response_ids for r in records], skip_special_tokens=True)
-        prompts = [self.eval_set[n // k] for n in range(len(records))]  # records come in request order
-        items = [(p.data_source, t, p.ground_truth) for p, t in zip(prompts, texts, strict=True)]
-        correct = [res.acc for res in self.scorer.score(items)]
-        per_prompt = [correct[i * k : (i + 1) * k] for i in range(len(self.eval_set))]
+        results = self.engines.run(
+            sample_and_score(
+                client,
+                self.eval_set,
+                self.tokenizer,
+                self.scorer,
+                n=k,
+                sampling=self.cfg.rollout.learner_sampling,
+                seed=self.cfg.seed,
+                step=step,
+            )
+        )
+        summary = summarize(results, k)
         return {
-            "eval/avg_at_k": sum(avg_at_k(c) for c in per_prompt) / len(per_prompt),
-            "eval/pass_at_k": sum(pass_at_k(k, sum(c), k) for c in per_prompt) / len(per_prompt),
+            "eval/avg_at_k": summary["avg@n"],
+            "eval/avg_at_k_se": summary["avg@n_se"],
+            "eval/pass_at_k": summary["pass@k"][str(k)],
         }
 
     def state_dict(self) -> dict[str, Any]:
+        cache = self.sampler.explorer_cache
         return {
-            "prompts": self.prompts.state_dict(),
+            "prompts": self._ahead[1] if self._ahead is not None else self.prompts.state_dict(),
+            "explorer_cache": cache.state_dict() if cache is not None else None,
             "python_rng": random.getstate(),
             "torch_rng": torch.get_rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.prompts.load_state_dict(state["prompts"])
+        if self.sampler.explorer_cache is not None:
+            self.sampler.explorer_cache.load_state_dict(state["explorer_cache"])
         self._batches = self.prompts.batches(self.cfg.schedule.prompts_per_step)
         random.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])

@@ -48,11 +48,18 @@ def curves_figure(runs: dict[str, list[dict]]):
     also the explorer's and the learner's samples apart."""
     import matplotlib.pyplot as plt
 
-    keys = [*PLOT_KEYS, ("eval/avg_at_k", "held-out avg@k")]
+    keys = [*PLOT_KEYS, ("eval/avg_at_k", "held-out avg@k (band: +-2 standard errors)")]
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4))
     for ax, (key, title) in zip(axes, keys, strict=True):
         for name, records in runs.items():
-            ax.plot(*_series(records, key), marker="o", ms=3, label=name)
+            (line,) = ax.plot(*_series(records, key), marker="o", ms=3, label=name)
+            if key == "eval/avg_at_k":  # the evaluation's noise band: +- 2 standard errors
+                steps, values = _series(records, key)
+                _, errors = _series(records, "eval/avg_at_k_se")
+                if len(errors) == len(values):
+                    low = [v - 2 * e for v, e in zip(values, errors, strict=True)]
+                    high = [v + 2 * e for v, e in zip(values, errors, strict=True)]
+                    ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, lw=0)
             if len(runs) == 1:
                 for source in ("explorer", "learner"):
                     src_key = key.replace("/mean", f"/{source}")

@@ -57,7 +57,9 @@ def test_killed_learner_server_mid_batch_yields_complete_correct_batch(
         rollout_engines.config, learner_sampling=SamplingConfig(temperature=0.0, max_new_tokens=NEW_TOKENS)
     )
     live = rollout_engines.build_sampler(t_mix=2, group_size=GROUP)
-    sampler = S2LGroupSampler(live.explorer, live.learner, config, t_mix=2, group_size=GROUP)
+    sampler = S2LGroupSampler(
+        live.explorer, live.learner, config, t_mix=2, group_size=GROUP, explorer_loop=live.explorer_loop
+    )
     rng = random.Random()
     prompts = [Prompt(f"k{i}", [rng.randrange(3, 400) for _ in range(5)]) for i in range(8)]
     limit = config.client.batch_size * config.client.max_concurrency

@@ -48,6 +48,36 @@ def test_sampler_returns_exact_split_at_each_step(rollout_engines: RolloutEngine
         assert batch.metrics["rollout/stale_learner_samples"] == 0
 
 
+def test_prefetched_explorer_samples_are_made_in_the_background_and_used(
+    rollout_engines: RolloutEngines,
+) -> None:
+    """`prefetch_explorer` generates a step's explorer samples on the explorer's own loop while
+    this thread runs no event loop at all (as while the learner trains); `sample` then uses exactly
+    those samples (they are not generated again) and completes the groups with learner samples. Two
+    steps in a row at 4x the client's limit; a prefetch made for other prompts is dropped."""
+    client = rollout_engines.config.client
+    limit = client.batch_size * client.max_concurrency
+    prompts = _prompts(8, seed=random.randrange(10**6))
+    sampler = rollout_engines.build_sampler(t_mix=3, group_size=16, seed=11)
+    for step in (1, 2):
+        g_w, g_s = s2l_split(step, 3, 16)
+        assert g_w * len(prompts) >= 4 * limit
+        sampler.prefetch_explorer(prompts, step)
+        ahead = sampler._prefetched[2].result(timeout=300)  # made with no loop running on this thread
+        batch = rollout_engines.run(sampler.sample(prompts, step))
+        assert sampler._prefetched is None  # taken
+        explorer = [r for g in batch.groups for r in g.records if r.source == "explorer"]
+        assert len(explorer) == g_w * len(prompts) and all(
+            a is b for a, b in zip(explorer, ahead, strict=True)
+        )
+        assert batch.metrics["rollout/learner_samples"] == g_s * len(prompts)
+    other = _prompts(2, seed=1)
+    sampler.prefetch_explorer(prompts, 2)
+    batch = rollout_engines.run(sampler.sample(other, 2))
+    assert {r.prompt_id for g in batch.groups for r in g.records} == {p.prompt_id for p in other}
+    assert sampler._prefetched is None
+
+
 def test_consecutive_steps_far_past_the_client_limits(rollout_engines: RolloutEngines) -> None:
     """Each pool gets at least 4x batch_size x max_concurrency samples, in two steps in a row: the
     concurrency limit has to wait in both, on the engines' one event loop."""
@@ -77,7 +107,9 @@ def test_each_sample_comes_from_its_own_model(rollout_engines: RolloutEngines, t
         learner_sampling=SamplingConfig(temperature=1.0, max_new_tokens=6),
     )
     live = rollout_engines.build_sampler(t_mix=3, group_size=4)
-    sampler = S2LGroupSampler(live.explorer, live.learner, config, t_mix=3, group_size=4)
+    sampler = S2LGroupSampler(
+        live.explorer, live.learner, config, t_mix=3, group_size=4, explorer_loop=live.explorer_loop
+    )
     prompts = _prompts(2, seed=random.randrange(10**6))
     batch = rollout_engines.run(sampler.sample(prompts, step=2))  # G_w = 2, G_s = 2
     for group in batch.groups:

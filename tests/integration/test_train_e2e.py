@@ -260,3 +260,113 @@ def test_sigkill_in_each_phase_then_resume_finishes_with_each_step_once(demo, tm
     records = read_metrics(run_dir)
     assert all(math.isfinite(r["loss/total"]) for r in records)
     assert [r["weight_version"] for r in records] == list(range(1, STEPS + 1))
+
+
+def test_explorer_cache_fill_train_kill_resume_draws_each_sample_once(demo, tmp_path: Path) -> None:
+    """tools/fill_explorer_cache.py fills the cache from the run's own config; the run draws its
+    explorer samples from it (no explorer engine), is SIGKILLed after its step-2 checkpoint and
+    resumed. Two prompts, both in every step, and exactly as many cached samples per prompt as the
+    run needs: the run finishes having drawn every one of them once (a resume that forgot the
+    position would redraw from the start and end short; one that drew twice would run out)."""
+    train = tmp_path / "two.jsonl"
+    train.write_text("".join(demo.train_file.read_text().splitlines(keepends=True)[:2]))
+    needed = sum(s2l_split(step, T_MIX, GROUP)[0] for step in range(1, STEPS + 1))
+    cache = tmp_path / "explorer_cache.jsonl"
+    args = [
+        *overrides(demo, tmp_path, "cached"),
+        f"data.train_files=[{train}]",
+        "checkpoint.every_steps=1",
+        "eval.every_steps=0",
+        f"rollout.explorer_cache_path={cache}",
+    ]
+    fill_tool = [sys.executable, "tools/fill_explorer_cache.py", "--samples-per-prompt", str(needed)]
+    fill = subprocess.run(
+        [*fill_tool, "--config", "yaml/demo-cpu.yaml", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert fill.returncode == 0, fill.stderr[-4000:]
+    assert "2/2 prompts cached" in fill.stdout
+    assert len(cache.read_text().splitlines()) == 2 * needed
+
+    run_dir = tmp_path / "cached"
+    proc = s2l("train", "--config", "yaml/demo-cpu.yaml", *args)
+    deadline = time.monotonic() + 600
+    while (status := read_status(run_dir / "status.json")) is None or (status["step"], status["phase"]) != (
+        3,
+        "rollout",
+    ):
+        assert proc.poll() is None, proc.communicate()[0][-4000:]
+        assert time.monotonic() < deadline, f"never reached step 3; last status {status}"
+        time.sleep(0.005)
+    os.killpg(proc.pid, SIGKILL)
+    proc.communicate(timeout=60)
+    out = finish(s2l("train", "--resume", str(run_dir)))
+    assert not sglang_servers_of(demo.explorer_dir), out[-2000:]  # the cache replaced the engine
+
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    for r in records:
+        g_w = s2l_split(r["step"], T_MIX, GROUP)[0]
+        assert r["rollout/explorer_from_cache"] == float(g_w > 0)
+        assert r["rollout/explorer_samples"] == 2 * g_w
+    import torch
+
+    loop = torch.load(run_dir / "checkpoints" / f"step_{STEPS:06d}" / "loop.pt", weights_only=False)
+    assert loop["driver"]["explorer_cache"]["drawn"] == {"train-0": needed, "train-1": needed}
+
+
+def test_eval_of_a_run_checkpoint_and_a_base_model(demo, full_run: Path, tmp_path: Path) -> None:
+    """`s2l eval` on the run's last checkpoint (exported on the fly) and on the base model, over two
+    eval files: the JSON has pass@1 == avg@n and pass@k non-decreasing in k, per source; the
+    per-sample JSONL adds up to it; the export holds the checkpoint's weights."""
+    from safetensors.torch import load_file
+
+    csqa = tmp_path / "csqa.jsonl"
+    rows = [
+        {
+            "data_source": "commonsense_qa",
+            "prompt": [
+                {"role": "user", "content": f"Pick one.\n\nA. 1 + {i}\nB. 2\n\nAnswer with only the letter."}
+            ],
+            "reward_model": {"ground_truth": "B", "style": "rule"},
+        }
+        for i in range(2)
+    ]
+    csqa.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    n = 4
+    args = ["--model", f"{full_run}@{STEPS}", "--model", str(demo.learner_dir), "--data", str(demo.eval_file)]
+    args += ["--data", str(csqa), "--n", str(n), "--template", "raw", "--log-dir", str(tmp_path / "logs")]
+    args += ["--output", str(tmp_path / "r.json"), "--samples", str(tmp_path / "s.jsonl")]
+    out = finish(s2l("eval", *args, "--plot", str(tmp_path / "c.png")))
+    assert "| model | source | problems | avg@n | pass@1 | pass@2 | pass@4 | maj@n |" in out
+
+    reports = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [r["model"] for r in reports] == [f"full@{STEPS}", demo.learner_dir.name]
+    samples = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    num_problems = len(demo.eval_file.read_text().splitlines()) + len(rows)
+    assert len(samples) == 2 * num_problems * n
+    for report in reports:
+        assert report["n"] == n and report["problems"] == num_problems
+        assert set(report["by_source"]) == {"synthetic_arith", "commonsense_qa"}
+        for row in [report, *report["by_source"].values()]:
+            assert list(row["pass@k"]) == ["1", "2", "4"]
+            assert row["pass@k"]["1"] == pytest.approx(row["avg@n"])
+            values = list(row["pass@k"].values())
+            assert values == sorted(values)
+        mine = [s["correct"] for s in samples if s["model"] == report["model"]]
+        assert report["avg@n"] == pytest.approx(sum(mine) / len(mine))
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+    exported = full_run / "export" / f"step_{STEPS:06d}"
+    assert (exported / "config.json").is_file() and (exported / "tokenizer.json").is_file()
+    trained = {k: v for f in exported.glob("*.safetensors") for k, v in load_file(f).items()}
+    base = {k: v for f in demo.learner_dir.glob("*.safetensors") for k, v in load_file(f).items()}
+    assert trained.keys() == base.keys()
+    # The export holds the checkpoint's weights: moved from the base exactly when an update had a
+    # gradient (the tiny run's groups can all have equal rewards, and then nothing moves).
+    moved = any(r["train/grad_norm"] > 0 for r in read_metrics(full_run)[1:])
+    difference = max((trained[k].float() - base[k].float()).abs().max().item() for k in base)
+    assert (difference > 1e-6) == moved, (difference, moved)

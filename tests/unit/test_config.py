@@ -130,6 +130,17 @@ def test_build_defaults_and_int_accepted_for_float() -> None:
     assert cfg.algo.loss.clip_low == 0.0 and isinstance(cfg.algo.loss.clip_low, float)
 
 
+def test_exponent_without_a_dot_is_a_number_on_the_command_line_and_in_yaml(tmp_path: Path) -> None:
+    """YAML 1.1 reads `1e-3` as a string; a float field takes it as the number it means."""
+    write(tmp_path, "learner:\n  optimizer:\n    lr: 3e-4\n", "a.yaml")
+    assert load_config(tmp_path / "a.yaml").learner.optimizer.lr == 3e-4
+    assert load_config(tmp_path / "a.yaml", ["learner.optimizer.lr=1e-3"]).learner.optimizer.lr == 1e-3
+    for bad in ("fast", "1e", "e-3", "1.2.3"):
+        with pytest.raises(ConfigError, match="expected a number"):
+            load_config(tmp_path / "a.yaml", [f"learner.optimizer.lr={bad}"])
+    assert load_config(tmp_path / "a.yaml", ["name=1e-3"]).name == "1e-3"  # strings stay strings
+
+
 def test_docs_config_reference_is_current() -> None:
     """docs/config.md is generated; regenerate with `s2l config --reference > docs/config.md`."""
     assert (ROOT / "docs" / "config.md").read_text() == config_reference()

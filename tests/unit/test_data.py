@@ -190,6 +190,24 @@ def test_chat_template_renders_qwen3_no_think_generation_prompt(tokenizer: PreTr
     assert tokenizer.decode(ids) == text
 
 
+def test_no_think_suffix_template_ends_the_last_user_message_and_leaves_thinking_to_the_model(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """The S2L-PO authors' evaluation prompt: " /no_think" after the last user turn, and no empty
+    think block written by the template (their scripts pass no enable_thinking)."""
+    messages = [
+        {"role": "user", "content": "1+1?"},
+        {"role": "assistant", "content": "2"},
+        {"role": "user", "content": "2+3?"},
+    ]
+    text = render_prompt_text(messages, tokenizer, "chat-no-think-suffix")
+    assert text == (
+        "<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n2<|im_end|>\n"
+        "<|im_start|>user\n2+3? /no_think<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert messages[2]["content"] == "2+3?"  # the caller's messages are left alone
+
+
 def test_raw_template_concatenates_contents(
     tokenizer: PreTrainedTokenizerBase, tokenizer_without_template: PreTrainedTokenizerBase
 ) -> None:

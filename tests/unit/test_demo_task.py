@@ -34,3 +34,35 @@ def test_dataset_rows_are_distinct_and_parse(tmp_path: Path) -> None:
     assert path.read_text() == write_arithmetic_dataset(tmp_path / "again.jsonl", 50, seed=3).read_text()
     with pytest.raises(ValueError, match="distinct problems"):
         write_arithmetic_dataset(tmp_path / "x.jsonl", 10_000, seed=0, num_ops=1, max_operand=3)
+
+
+def test_solution_without_answer_line_scores_as_wrong_and_keeps_the_work() -> None:
+    from megatron_s2l.demo.task import without_answer_line
+    from megatron_s2l.reward import compute_score
+
+    solution = "7 + 2 = 9. 9 - 5 = 4.\nAnswer: 4"
+    assert compute_score("synthetic_arith", solution, "4")["acc"]
+    other = without_answer_line(solution)
+    assert other == "7 + 2 = 9. 9 - 5 = 4.\nThe result is 4."
+    assert not compute_score("synthetic_arith", other, "4")["acc"]
+
+
+def test_learning_summary_compares_the_change_with_the_noise_band() -> None:
+    from megatron_s2l.demo.cli import learning_summary
+
+    def evals(values: list[tuple[int, float, float]]) -> list[dict]:
+        return [{"step": s, "eval/avg_at_k": v, "eval/avg_at_k_se": e} for s, v, e in values] + [{"step": 99}]
+
+    lines = learning_summary(
+        {
+            "up": evals([(0, 0.30, 0.03), (10, 0.40, 0.03), (20, 0.60, 0.03)]),
+            "flat": evals([(0, 0.30, 0.03), (20, 0.35, 0.03)]),
+            "once": evals([(0, 0.30, 0.03)]),
+        }
+    )
+    assert lines == [
+        "up: held-out avg@k 0.300 +- 0.060 at step 0 -> 0.600 +- 0.060 at step 20: +0.300, beyond the noise "
+        "band (+-0.085)",
+        "flat: held-out avg@k 0.300 +- 0.060 at step 0 -> 0.350 +- 0.060 at step 20: +0.050, within the "
+        "noise band (+-0.085)",
+    ]

@@ -74,7 +74,7 @@ def test_parallel_sizes_checked_against_world_and_model() -> None:
 def test_qwen3_config_parsing(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(QWEN3_8B))
     arch, raw = read_qwen3_config(tmp_path)
-    assert (arch.head_dim, arch.num_kv_heads, arch.heads_per_group) == (128, 8, 4)
+    assert (arch.head_dim, arch.num_key_value_heads, arch.heads_per_group) == (128, 8, 4)
     assert arch.rope_theta == 1e6 and not arch.tie_word_embeddings and raw == QWEN3_8B
     v5_style = {k: v for k, v in QWEN3_8B.items() if k != "rope_theta"}
     v5_style["rope_parameters"] = {"rope_theta": 5e5, "rope_type": "default"}

@@ -6,16 +6,19 @@ from __future__ import annotations
 import pytest
 import torch
 
+from megatron_s2l.archs import ModelArch
 from megatron_s2l.learner.convert import map_megatron_param, merge_shards, read_shard
-from megatron_s2l.learner.hf_config import Qwen3Arch, padded_vocab_size
+from megatron_s2l.learner.hf_config import padded_vocab_size
 
-ARCH = Qwen3Arch(
+ARCH = ModelArch(
+    name="tiny",
+    model_type="qwen3",
     vocab_size=50,
     hidden_size=8,
     intermediate_size=12,
-    num_layers=4,
-    num_heads=8,
-    num_kv_heads=4,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=4,
     head_dim=3,
     rope_theta=1e6,
     rms_norm_eps=1e-6,
@@ -41,10 +44,10 @@ class DictSource:
 def hf_layer_tensors(layer: int) -> dict[str, torch.Tensor]:
     a, hd = ARCH, ARCH.head_dim
     shapes = {
-        "self_attn.q_proj.weight": (a.num_heads * hd, a.hidden_size),
-        "self_attn.k_proj.weight": (a.num_kv_heads * hd, a.hidden_size),
-        "self_attn.v_proj.weight": (a.num_kv_heads * hd, a.hidden_size),
-        "self_attn.o_proj.weight": (a.hidden_size, a.num_heads * hd),
+        "self_attn.q_proj.weight": (a.num_attention_heads * hd, a.hidden_size),
+        "self_attn.k_proj.weight": (a.num_key_value_heads * hd, a.hidden_size),
+        "self_attn.v_proj.weight": (a.num_key_value_heads * hd, a.hidden_size),
+        "self_attn.o_proj.weight": (a.hidden_size, a.num_attention_heads * hd),
         "self_attn.q_norm.weight": (hd,),
         "mlp.gate_proj.weight": (a.intermediate_size, a.hidden_size),
         "mlp.up_proj.weight": (a.intermediate_size, a.hidden_size),
@@ -84,7 +87,7 @@ def test_qkv_is_laid_out_per_query_group() -> None:
             torch.cat(
                 [q[g * hpg * hd : (g + 1) * hpg * hd], k[g * hd : (g + 1) * hd], v[g * hd : (g + 1) * hd]]
             )
-            for g in range(ARCH.num_kv_heads)
+            for g in range(ARCH.num_key_value_heads)
         ]
     )
     assert torch.equal(fused, expected)

@@ -1,4 +1,5 @@
-"""Reward functions (DAPO `Answer:` line, boxed, multiple choice) and the time-limited scorer. CPU only."""
+"""Reward functions (DAPO `Answer:` line, boxed, boxed-or-answer for AIME, multiple choice) and the
+time-limited scorer. CPU only."""
 
 from __future__ import annotations
 
@@ -106,12 +107,54 @@ def test_dapo_math_reward(solution: str, truth: str, acc: bool, pred: str) -> No
     assert result == {"score": 1.0 if acc else -1.0, "acc": acc, "pred": pred}
 
 
-@pytest.mark.parametrize(
-    "data_source", ["math_dapo", "math", "math_dapo_reasoning", "aime24", "aime_2025", "synthetic_arith"]
-)
+@pytest.mark.parametrize("data_source", ["math_dapo", "math", "math_dapo_reasoning", "synthetic_arith"])
 def test_dapo_sources_share_the_dapo_reward(data_source: str) -> None:
     assert compute_score(data_source, "Answer: 12", "12") == {"score": 1.0, "acc": True, "pred": "12"}
     assert compute_score(data_source, "12", "12")["score"] == -1.0
+    # training data keeps DAPO's reward: a boxed answer alone does not count
+    assert compute_score(data_source, "\\boxed{12}", "12") == {"score": -1.0, "acc": False, "pred": ""}
+
+
+@pytest.mark.parametrize("data_source", ["aime24", "aime25", "aime_2025", "aime_2024_hf"])
+@pytest.mark.parametrize(
+    ("solution", "truth", "acc", "pred"),
+    [
+        # the plain prompt: a boxed answer
+        ("so $x = 33$, and the answer is $\\boxed{33}$.", "33", True, "33"),
+        ("\\boxed{32}", "33", False, "32"),
+        ("first \\boxed{3}, no: \\boxed{33}", "33", True, "33"),
+        ("x" * 1000 + "\\boxed{33}" + "y" * 1000, "33", True, "33"),  # anywhere, not the last 300 chars
+        # the DAPO prompt: an `Answer:` line, anywhere
+        ("2 + 31 = 33.\nAnswer: 33", "33", True, "33"),
+        ("Answer: 33\n" + "x" * 400, "33", True, "33"),
+        ("Answer: 41\nwait, recheck.\nAnswer: 33", "33", True, "33"),
+        # both: the box wins, as in the S2L-PO authors' extraction
+        ("\\boxed{33}\nAnswer: 34", "33", True, "33"),
+        ("\\boxed{34}\nAnswer: 33", "33", False, "34"),
+        # neither: no last-number fallback
+        ("The answer is 33.", "33", False, ""),
+        ("", "33", False, ""),
+        ("\\boxed{33", "33", False, ""),  # a box cut off is no box, and there is no Answer line
+        ("\\boxed{33\nAnswer: 33", "33", True, "33"),  # ... but an Answer line after it still counts
+        # equivalent forms: normalization, then math-verify
+        ("\\boxed{033}", "33", True, "33"),
+        ("Answer: 033", "33", True, "33"),
+        ("\\boxed{\\frac{1}{2}}", "0.5", True, "\\frac{1}{2}"),
+        ("Answer: 0.5", "\\frac{1}{2}", True, "0.5"),
+        ("\\boxed{\\dfrac{3}{4}}", "\\frac34", True, "\\frac{3}{4}"),
+        ("\\boxed{\\sqrt{8}}", "2\\sqrt{2}", True, "\\sqrt{8}"),
+        ("\\boxed{1,000}", "1000", True, "1000"),
+        ("\\boxed{0.33}", "\\frac{1}{3}", False, "0.33"),
+    ],
+)
+def test_aime_reward_reads_the_box_else_the_answer_line(
+    data_source: str, solution: str, truth: str, acc: bool, pred: str
+) -> None:
+    assert compute_score(data_source, solution, truth) == {
+        "score": 1.0 if acc else -1.0,
+        "acc": acc,
+        "pred": pred,
+    }
 
 
 @pytest.mark.parametrize(
@@ -138,13 +181,38 @@ def test_boxed_math_reward(data_source: str, solution: str, truth: str, acc: boo
 @pytest.mark.parametrize(
     ("solution", "truth", "acc", "pred"),
     [
-        ("Answer: C", "C", True, "C"),
-        ("Reasoning...\nAnswer: (B) bank", "B", True, "B"),
-        ("A fridge keeps food cold.\nAnswer: D", "D", True, "D"),  # the article A is not the choice
-        ("I pick (E) since A is wrong", "E", True, "E"),
-        ("The answer is C", "C", True, "C"),
+        # answers to "Answer with only the letter (A, B, C, D, or E)."
+        ("C", "C", True, "C"),
+        ("C. bank", "C", True, "C"),
+        ("C) bank", "C", True, "C"),
+        ("**C**", "C", True, "C"),
+        ("(C)", "C", True, "C"),
+        ("(C) bank", "C", True, "C"),
+        ("\n  C\n", "C", True, "C"),
+        ("A", "A", True, "A"),
+        ("A. bank", "A", True, "A"),
+        ("The answer is C.", "C", True, "C"),
         ("The answer is C", "c", True, "C"),
+        ("The correct answer is **C**.", "C", True, "C"),
+        ("The best choice would be (E).", "E", True, "E"),
+        ("Answer: C", "C", True, "C"),
+        ("**Answer:** C", "C", True, "C"),
+        ("Reasoning...\nAnswer: (B) bank", "B", True, "B"),
+        # the article A is not the choice when another letter is given
+        ("A fridge keeps food cold.\nAnswer: D", "D", True, "D"),
+        ("A bank is where money is kept, so the answer is C.", "C", True, "C"),
+        ("The answer is C. A bank is where money is kept.", "C", True, "C"),
+        ("C. A bank is where money is kept.", "C", True, "C"),
+        ("C\n\nA bank is where money is kept.", "C", True, "C"),
+        ("A bank keeps money safe, so C.", "C", True, "C"),
+        ("A bank.", "A", False, ""),  # nor when no letter is: an article is not an answer
+        ("I pick (E) since A is wrong", "E", True, "E"),
+        ("E.g. a bank keeps money: (B)", "B", True, "B"),  # "E.g." opens no choice
+        # the explicit statements come before an opening letter and before other letters
+        ("B. No wait, the answer is C.", "C", True, "C"),
+        ("Answer: B\nThe answer is C.", "C", False, "B"),  # the Answer: line first
         ("Answer: B", "C", False, "B"),
+        ("The answer is a bank", "A", False, ""),  # a lower-case "a" names no choice
         ("I do not know", "C", False, ""),
         ("Answer: F", "F", False, ""),  # only A-E are choices
     ],

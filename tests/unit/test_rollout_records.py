@@ -83,6 +83,29 @@ def test_explorer_cache_draws_without_replacement(tmp_path) -> None:
         cache.draw("b", [7, 7], 1)
 
 
+def test_explorer_cache_position_survives_a_restart(tmp_path) -> None:
+    """A cache rebuilt from the same file and seed, given the saved position, draws exactly the
+    samples the first one had not drawn (twice in a row); a file that changed since is refused."""
+    path = tmp_path / "cache.jsonl"
+    write_explorer_cache(
+        path, [_record(p, i, tokens=[100 * n + i]) for n, p in enumerate("ab") for i in range(6)]
+    )
+    cache = ExplorerCache(path, seed=5)
+    before = [r.response_ids[0] for r in cache.draw("a", [1, 2], 2) + cache.draw("b", [1, 2], 1)]
+    state = cache.state_dict()
+    for _ in range(2):
+        resumed = ExplorerCache(path, seed=5)
+        resumed.load_state_dict(state)
+        assert (resumed.remaining("a"), resumed.remaining("b")) == (4, 5)
+        after = [r.response_ids[0] for r in resumed.draw("a", [1, 2], 4) + resumed.draw("b", [1, 2], 5)]
+        assert sorted(before + after) == [*range(6), *range(100, 106)]  # each sample exactly once
+        with pytest.raises(ExplorerCacheExhaustedError):
+            resumed.draw("a", [1, 2], 1)
+    write_explorer_cache(path, [_record("a", 9)])
+    with pytest.raises(ValueError, match="changed since the checkpoint"):
+        ExplorerCache(path, seed=5).load_state_dict(state)
+
+
 def test_tokenizer_check(tmp_path) -> None:
     make_tokenizer(tmp_path / "a", seed=0)
     make_tokenizer(tmp_path / "same", seed=0)

@@ -148,3 +148,61 @@ def _live_members(group: int) -> list[int]:
             if int(stat[2]) == group and stat[0] != "Z":
                 members.append(int(entry))
     return members
+
+
+def test_plan_cpu_cores_gives_disjoint_near_equal_sets_and_shares_when_short() -> None:
+    from megatron_s2l.rollout.placement import plan_cpu_cores
+
+    plan = plan_cpu_cores([1, 2], cores=[0, 1, 2, 3, 4, 5, 6])
+    assert plan == [[frozenset({0, 1, 2})], [frozenset({3, 4}), frozenset({5, 6})]]
+    assert plan_cpu_cores([1, 1], cores=[4, 9]) == [[frozenset({4})], [frozenset({9})]]
+    # More engines than cores: one core each, round-robin, none left without a core.
+    assert plan_cpu_cores([2, 3], cores=[0, 1]) == [
+        [frozenset({0}), frozenset({1})],
+        [frozenset({0}), frozenset({1}), frozenset({0})],
+    ]
+    for engines in ([1], [3, 5], [16, 16]):
+        sets = [s for pool in plan_cpu_cores(engines, cores=list(range(32))) for s in pool]
+        assert len(sets) == sum(engines) and set().union(*sets) == set(range(32))
+        assert sum(map(len, sets)) == 32  # disjoint when there are enough cores
+    with pytest.raises(ValueError, match="no CPU cores"):
+        plan_cpu_cores([1], cores=[])
+
+
+def test_a_pinned_child_and_its_children_run_on_their_cores_with_one_thread_each(tmp_path) -> None:
+    core = min(os.sched_getaffinity(0))
+    env = build_server_env("cpu", cpu_cores=frozenset({core}))
+    assert env["OMP_NUM_THREADS"] == "1" and "OMP_NUM_THREADS" not in build_server_env("cpu")
+    script = (
+        "import os, subprocess, sys, time; "
+        "cores = 'print(*sorted(os.sched_getaffinity(0)))'; "
+        "subprocess.run([sys.executable, '-c', 'import os; ' + cores]); exec(cores); "
+        "print('threads', os.environ['OMP_NUM_THREADS'], flush=True); time.sleep(60)"
+    )
+    process = ManagedProcess(
+        "pinned", [sys.executable, "-c", script], env, tmp_path / "log", cpu_cores=frozenset({core})
+    )
+    process.spawn()
+    deadline = time.monotonic() + 30
+    while "threads 1" not in process.log_tail() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.stop(timeout_s=5.0)
+    log = process.log_tail()
+    assert log.endswith(f"\n{core}\n{core}\nthreads 1"), log  # grandchild, child, threads
+    assert os.sched_getaffinity(0) != {core} or os.cpu_count() == 1  # the parent keeps its cores
+
+
+def test_run_engines_on_cpu_get_disjoint_cores(tmp_path) -> None:
+    from megatron_s2l.rollout.config import RolloutConfig
+    from megatron_s2l.rollout.engines import RolloutEngines
+
+    pool = EnginePoolConfig(num_engines=1, engine=EngineConfig(device="cpu"))
+    config = RolloutConfig(explorer=pool, learner=pool, log_dir=str(tmp_path))
+    engines = RolloutEngines(config, explorer_model=tmp_path / "e", learner_model=tmp_path / "l")
+    explorer_cores = engines.explorer.servers[0].process.cpu_cores
+    learner_cores = engines.learner.servers[0].process.cpu_cores
+    assert explorer_cores and learner_cores
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert not explorer_cores & learner_cores
+    alone = RolloutEngines(config, explorer_model=None, learner_model=tmp_path / "l")  # GRPO
+    assert alone.learner.servers[0].process.cpu_cores == frozenset(os.sched_getaffinity(0))

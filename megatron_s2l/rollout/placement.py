@@ -1,0 +1,39 @@
+"""Where each engine runs. On CPU: which cores each SGLang server may use.
+
+Two CPU engines that generate at once, each with as many OpenMP threads as the machine has cores,
+oversubscribe it: on the 2-core development machine the explorer and learner engines of the demo
+took 14.6 s together for what each did alone in 0.3 and 0.6 s (OpenMP threads spin while waiting
+for cores the other engine holds). Pinned to disjoint cores with one thread per core, the two
+together took 0.6 s, no more than the slower one alone (tools/bench_cpu_engines.py, docs/rollout.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def plan_cpu_cores(engines_per_pool: list[int], cores: list[int] | None = None) -> list[list[frozenset[int]]]:
+    """Disjoint, near-equal core sets for every engine of every pool, in pool order (the first
+    engines get the spare cores). With more engines than cores, engines share cores round-robin.
+    `cores`: the cores this process may use (default: its affinity mask)."""
+    cores = sorted(os.sched_getaffinity(0) if cores is None else cores)
+    if not cores:
+        raise ValueError("no CPU cores to place engines on")
+    total = sum(engines_per_pool)
+    if total == 0:
+        return [[] for _ in engines_per_pool]
+    sets: list[frozenset[int]] = []
+    if total >= len(cores):
+        sets = [frozenset([cores[i % len(cores)]]) for i in range(total)]
+    else:
+        size, spare = divmod(len(cores), total)
+        start = 0
+        for i in range(total):
+            end = start + size + (i < spare)
+            sets.append(frozenset(cores[start:end]))
+            start = end
+    plan, first = [], 0
+    for count in engines_per_pool:
+        plan.append(sets[first : first + count])
+        first += count
+    return plan
