@@ -30,6 +30,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("megatron_s2l.demo.cli", "the CPU demo: build tiny models (cached), train S2L-PO, plot"),
     "logprobs": ("megatron_s2l.learner.logprobs_cli", "per-token log-probs of token sequences at a TP x PP"),
     "serve": ("megatron_s2l.rollout.serve_cli", "start SGLang server(s) for a model (CPU stand-ins on CPU)"),
+    "plan": (
+        "megatron_s2l.plan.cli",
+        "per-GPU memory of the learner and engine pools; exit 3 if it does not fit",
+    ),
     "bench": ("megatron_s2l.bench.cli", "rollout FLOPs of S2L-PO vs GRPO, from a schedule or finished runs"),
 }
 

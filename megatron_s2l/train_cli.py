@@ -64,7 +64,24 @@ def preflight(cfg: S2LConfig) -> None:
     launched = os.environ.get("WORLD_SIZE")
     if launched is not None and int(launched) != cfg.ranks:
         raise ConfigError(f"ranks: the config has {cfg.ranks} learner ranks; the launcher started {launched}")
+    import torch
+
+    if torch.cuda.is_available():  # the plan is of GPU memory: a CPU run has no such limit
+        check_memory_plan(cfg, torch.cuda.get_device_properties(0).total_memory / 2**30)
     _check_prompt_files(cfg)
+
+
+def check_memory_plan(cfg: S2LConfig, gpu_mem_gib: float) -> None:
+    """Print the run's per-GPU memory plan (`s2l plan`) and refuse a run that does not fit."""
+    from megatron_s2l.archs import load_arch
+    from megatron_s2l.plan.cli import format_plan
+    from megatron_s2l.plan.memory import explorer_pool_is_live, plan_run
+
+    explorer = load_arch(cfg.model.explorer) if explorer_pool_is_live(cfg) else None
+    plan = plan_run(cfg, load_arch(cfg.model.learner), explorer, gpu_mem_gib)
+    print(format_plan(plan, []), flush=True)
+    if not plan.fits:
+        raise ConfigError("the run does not fit in GPU memory (s2l plan):\n" + "\n".join(plan.reasons))
 
 
 def _check_prompt_files(cfg: S2LConfig) -> None:

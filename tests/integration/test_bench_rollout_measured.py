@@ -10,25 +10,12 @@ from megatron_s2l.algo import s2l_split
 from megatron_s2l.archs import load_arch
 from megatron_s2l.bench.rollout_flops import generation_flops
 from megatron_s2l.cli import main
-from megatron_s2l.demo.assets import DemoRecipe, ModelRecipe, prepare_demo
 
 pytestmark = pytest.mark.slow
 
 NUM_GPUS = 0
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, T_MIX, GROUP, PROMPTS = 2, 2, 4, 2
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):
-    recipe = DemoRecipe(
-        num_train=48,
-        num_eval=4,
-        warmup_batch=8,
-        explorer=ModelRecipe(2, 64, 128, 2, 1, 3, 3e-3),
-        learner=ModelRecipe(2, 64, 128, 4, 2, 3, 3e-3),
-    )
-    return prepare_demo(tmp_path_factory.mktemp("demo"), recipe)
 
 
 def overrides(demo) -> list[str]:

@@ -16,7 +16,6 @@ from signal import SIGKILL
 import pytest
 
 from megatron_s2l.algo import s2l_split
-from megatron_s2l.demo.assets import DemoRecipe, ModelRecipe, prepare_demo
 from megatron_s2l.run.metrics import read_metrics
 from megatron_s2l.run.phases import read_status
 
@@ -24,18 +23,6 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, T_MIX, GROUP = 4, 3, 4
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):
-    recipe = DemoRecipe(
-        num_train=48,
-        num_eval=4,
-        warmup_batch=8,
-        explorer=ModelRecipe(2, 64, 128, 2, 1, 3, 3e-3),
-        learner=ModelRecipe(2, 64, 128, 4, 2, 3, 3e-3),
-    )
-    return prepare_demo(tmp_path_factory.mktemp("demo"), recipe)
 
 
 def overrides(demo, run_root: Path, name: str) -> list[str]:

@@ -1,0 +1,387 @@
+"""Per-GPU memory of the learner and of each SGLang engine pool, from architectures and the run config.
+
+Everything is counted from the architecture's fields (no weights, no GPU). Formulas:
+
+Learner parameters per rank (stage p of PP, TP ranks):
+    layers/PP x (layer matmuls / TP + layer norms)          every stage
+  + padded_vocab / TP x hidden                              the embedding, first stage
+  + padded_vocab / TP x hidden + hidden                     output layer and final norm, last stage
+The vocabulary is padded as the learner pads it (`padded_vocab_size`: a multiple of
+`vocab_pad_multiple` x TP). Norm weights are replicated over TP, not split. A tied model (Qwen3 up
+to 4B) has no output layer of its own, but with PP > 1 Megatron keeps a copy of the embedding on the
+last stage, so the output-layer term is there for tied models too when PP > 1. The stage with the
+most parameters is `params_per_gpu`; tests/integration/test_plan_params.py checks every stage
+against a meta-device Megatron GPTModel at TP 2 x PP 2.
+
+Learner bytes per parameter (Megatron's formula, DESIGN.md section 7: 18 bytes without the
+distributed optimizer, 6 + 12/DP with it): bf16 weights 2 + fp32 main gradients 4 (the DDP buffer,
+`grad_reduce_in_fp32`) + optimizer 12 (fp32 master copy 4, Adam m 4, v 4), the optimizer's share
+divided by DP with the distributed optimizer. fp32 parameters (`params_dtype: float32`) have no
+master copy: 4 + 4 + 8.
+
+Activations per micro-batch and layer (Korthikanti et al. 2022, "Reducing Activation Recomputation
+in Large Transformer Models", tensor parallelism without sequence parallelism, as the learner runs):
+s x b x h x (10 + 24/TP) bytes at 16-bit, s = max_prompt_tokens + the longest max_new_tokens
+sampled, b = micro_batch_size. The paper's attention-score term 5as/(h TP) is left out: TE's fused
+(flash) attention of the GPU image keeps no s x s scores. With full recompute (the learner's
+`recompute_activations`) a layer keeps only its bf16 input, 2 x s x b x h, plus, in backward, the
+activations of the one layer being recomputed. Under 1F1B, stage p holds min(PP - p, micro-batches)
+micro-batches in flight.
+
+Logits (last stage, one micro-batch at a time): b x s x padded_vocab/TP x 8 bytes: two fp32 copies,
+since Megatron's Float16Module hands the loss fp32 logits and the log-prob op keeps its rows for
+backward, then writes a gradient of the same size.
+
+Reference policy (KL loss on): its weights at the parameter dtype on every rank, in the learner's
+layout. With `reference_offload` they live in host memory and visit the GPU for the reference
+forward only, when no training activations are held: that moment is planned as its own peak.
+
+Not counted: the CUDA context, NCCL and pipeline buffers, allocator fragmentation: keep headroom.
+
+SGLang engines (per GPU of a server at TP t, dtype bf16 unless set):
+    weights            = parameters x 2 / t
+    KV bytes per token = 2 (K, V) x layers x max(1, kv_heads / t) x head_dim x 2
+    KV tokens          = (mem_fraction_static x GPU memory - weights) / KV bytes per token
+    sequences at once  = KV tokens // (max_prompt_tokens + max_new_tokens)
+capped by the engine's max_total_tokens, context_length and max_running_requests when set. An unset
+mem_fraction_static is planned as SGLang 0.5's default on GPUs above 60 GB: (memory - 10 GiB) / memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Literal
+
+from megatron_s2l.archs import ModelArch
+from megatron_s2l.learner.hf_config import padded_vocab_size
+from megatron_s2l.learner.parallel import check_parallel_sizes
+
+if TYPE_CHECKING:
+    from megatron_s2l.config import S2LConfig
+    from megatron_s2l.rollout.config import EnginePoolConfig
+
+GIB = 2**30
+MAIN_GRAD_BYTES = 4
+"""Megatron DDP's gradient buffer is fp32 (`grad_reduce_in_fp32=True` in `wrap_for_training`)."""
+ADAM_STATE_BYTES = 8
+"""Adam's fp32 first and second moments."""
+LOGITS_BYTES = 8
+"""Two fp32 copies per logit of the last stage (see the module docstring)."""
+SGLANG_DEFAULT_RESERVE_GIB = 10
+"""What SGLang 0.5 leaves outside its static pool at least, on GPUs above 60 GB, when
+mem_fraction_static is unset (`_handle_gpu_memory_settings`)."""
+_DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4}
+
+Reference = Literal["none", "gpu", "host"]
+
+
+@dataclass(frozen=True, slots=True)
+class LearnerSetup:
+    """What the learner's memory depends on, read from the run config."""
+
+    tp: int
+    pp: int
+    dp: int
+    micro_batch_size: int
+    micro_batches: int
+    """Micro-batches per DP rank in one optimizer update (caps the 1F1B micro-batches in flight)."""
+    seq_len: int
+    """Longest sequence: max_prompt_tokens + the longest max_new_tokens of the sources trained on."""
+    param_bytes: int
+    """2 for bf16 (`params_dtype` auto or bfloat16: the plan is for GPUs), 4 for float32."""
+    distributed_optimizer: bool
+    recompute: bool
+    vocab_pad_multiple: int
+    reference: Reference
+    """Where the KL loss's reference weights live; `none` without the KL loss."""
+
+
+@dataclass(frozen=True, slots=True)
+class LearnerPlan:
+    """Parameters and bytes of one learner rank per pipeline stage, the worst stage in detail."""
+
+    arch: str
+    setup: LearnerSetup
+    padded_vocab: int
+    params_per_stage: list[int]
+    worst_stage: int
+    """The pipeline stage with the largest total (its components are `gib`)."""
+    gib: dict[str, float]
+    """Components of the worst stage: weights, grads, optimizer, reference, activations, logits."""
+    total_gib: float
+    """The worst stage's peak: the training peak, or the offloaded reference's forward if larger."""
+    fits: bool
+
+    @property
+    def params_per_gpu(self) -> int:
+        return max(self.params_per_stage)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["params_per_gpu"] = self.params_per_gpu
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class EnginePlan:
+    """One GPU of a server of an engine pool (the pool's servers are alike)."""
+
+    pool: str
+    arch: str
+    num_engines: int
+    tp: int
+    mem_fraction_static: float
+    weights_gib: float
+    """Per GPU of one server."""
+    kv_cache_gib: float
+    kv_tokens: int
+    seq_tokens: int
+    """Prompt + max_new_tokens of this pool's sampling (capped by the engine's context_length)."""
+    sequences_at_once: int
+    fits: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """The learner and every engine pool a run starts, against one GPU's memory."""
+
+    gpu_mem_gib: float
+    learner: LearnerPlan
+    engines: list[EnginePlan]
+    reasons: list[str]
+    """Why the plan does not fit (empty when it does)."""
+
+    @property
+    def fits(self) -> bool:
+        return not self.reasons
+
+    @property
+    def gpus(self) -> dict[str, int]:
+        learner = self.learner.setup
+        engines = sum(e.num_engines * e.tp for e in self.engines)
+        total = learner.tp * learner.pp * learner.dp + engines
+        return {"learner": total - engines, "engines": engines, "total": total}
+
+    def to_dict(self) -> dict:
+        return {
+            "gpu_mem_gib": self.gpu_mem_gib,
+            "fits": self.fits,
+            "reasons": self.reasons,
+            "gpus": self.gpus,
+            "learner": self.learner.to_dict(),
+            "engines": [e.to_dict() for e in self.engines],
+        }
+
+
+def learner_setup(cfg: S2LConfig, arch: ModelArch) -> LearnerSetup:
+    """The learner's sizes from the run config; raises ValueError for a TP/PP the model cannot take."""
+    parallel = cfg.learner.parallel
+    dp = check_parallel_sizes(
+        parallel,
+        cfg.ranks,
+        num_layers=arch.num_hidden_layers,
+        num_heads=arch.num_attention_heads,
+        num_query_groups=arch.num_key_value_heads,
+    )
+    rows = (cfg.algo.ppo_mini_batch_prompts or cfg.schedule.prompts_per_step) * cfg.schedule.group_size
+    max_new = cfg.rollout.learner_sampling.max_new_tokens
+    if cfg.schedule.t_mix > 0:  # explorer samples are trained on too
+        max_new = max(max_new, cfg.rollout.explorer_sampling.max_new_tokens)
+    reference: Reference = "none"
+    if cfg.algo.loss.kl_coef > 0:
+        reference = "host" if cfg.learner.reference_offload else "gpu"
+    return LearnerSetup(
+        tp=parallel.tensor_parallel,
+        pp=parallel.pipeline_parallel,
+        dp=dp,
+        micro_batch_size=parallel.micro_batch_size,
+        micro_batches=rows // (dp * parallel.micro_batch_size),
+        seq_len=cfg.data.max_prompt_tokens + max_new,
+        param_bytes=4 if cfg.learner.params_dtype == "float32" else 2,
+        distributed_optimizer=parallel.distributed_optimizer,
+        recompute=cfg.learner.recompute_activations,
+        vocab_pad_multiple=cfg.learner.vocab_pad_multiple,
+        reference=reference,
+    )
+
+
+def stage_params(arch: ModelArch, tp: int, pp: int, vocab_pad_multiple: int) -> list[int]:
+    """Parameters on one rank of each pipeline stage, as Megatron's GPTModel holds them."""
+    matmuls = arch.attention_matmul_params() + arch.mlp_params()
+    norms = arch.layer_params() - matmuls  # replicated over TP
+    layers = arch.num_hidden_layers // pp * (matmuls // tp + norms)
+    vocab_shard = padded_vocab_size(arch.vocab_size, vocab_pad_multiple, tp) // tp * arch.hidden_size
+    # A tied last stage needs its own copy of the embedding once the embedding is on another stage.
+    output_layer = vocab_shard if not arch.tie_word_embeddings or pp > 1 else 0
+    counts = []
+    for stage in range(pp):
+        count = layers
+        if stage == 0:
+            count += vocab_shard
+        if stage == pp - 1:
+            count += output_layer + arch.hidden_size  # final norm
+        counts.append(count)
+    return counts
+
+
+def layer_activation_bytes(arch: ModelArch, setup: LearnerSetup) -> float:
+    """One layer's stored activations for one micro-batch without recompute (Korthikanti et al.)."""
+    sbh = setup.seq_len * setup.micro_batch_size * arch.hidden_size
+    return sbh * (10 + 24 / setup.tp) * setup.param_bytes / 2
+
+
+def stage_activation_bytes(arch: ModelArch, setup: LearnerSetup, stage: int) -> float:
+    in_flight = min(setup.pp - stage, setup.micro_batches)
+    layers = arch.num_hidden_layers // setup.pp
+    full_layer = layer_activation_bytes(arch, setup)
+    if not setup.recompute:
+        return in_flight * layers * full_layer
+    layer_input = setup.seq_len * setup.micro_batch_size * arch.hidden_size * setup.param_bytes
+    return in_flight * layers * layer_input + full_layer  # + the layer being recomputed
+
+
+def stage_components(arch: ModelArch, setup: LearnerSetup, params: int, stage: int) -> dict[str, float]:
+    """Bytes of one rank of `stage`, by component."""
+    master = 4 if setup.param_bytes == 2 else 0
+    optimizer_shards = setup.dp if setup.distributed_optimizer else 1
+    logits = 0.0
+    if stage == setup.pp - 1:
+        vocab_shard = padded_vocab_size(arch.vocab_size, setup.vocab_pad_multiple, setup.tp) // setup.tp
+        logits = setup.micro_batch_size * setup.seq_len * vocab_shard * LOGITS_BYTES
+    return {
+        "weights": params * setup.param_bytes,
+        "grads": params * MAIN_GRAD_BYTES,
+        "optimizer": params * (master + ADAM_STATE_BYTES) / optimizer_shards,
+        "reference": params * setup.param_bytes if setup.reference == "gpu" else 0,
+        "activations": stage_activation_bytes(arch, setup, stage),
+        "logits": logits,
+    }
+
+
+def peak_bytes(components: dict[str, float], reference_weights: float) -> float:
+    """The training peak, or the offloaded reference's forward (its weights instead of the
+    training activations; logits again) when that is larger."""
+    training = sum(components.values())
+    return max(training, training - components["activations"] + reference_weights)
+
+
+def plan_learner(arch: ModelArch, setup: LearnerSetup, gpu_mem_gib: float) -> LearnerPlan:
+    params = stage_params(arch, setup.tp, setup.pp, setup.vocab_pad_multiple)
+    peaks, components = [], []
+    for stage, count in enumerate(params):
+        parts = stage_components(arch, setup, count, stage)
+        offloaded = count * setup.param_bytes if setup.reference == "host" else 0
+        components.append(parts)
+        peaks.append(peak_bytes(parts, offloaded))
+    worst = max(range(setup.pp), key=peaks.__getitem__)
+    total_gib = peaks[worst] / GIB
+    return LearnerPlan(
+        arch=arch.name,
+        setup=setup,
+        padded_vocab=padded_vocab_size(arch.vocab_size, setup.vocab_pad_multiple, setup.tp),
+        params_per_stage=params,
+        worst_stage=worst,
+        gib={name: value / GIB for name, value in components[worst].items()},
+        total_gib=total_gib,
+        fits=total_gib <= gpu_mem_gib,
+    )
+
+
+def dtype_bytes(dtype: str) -> int:
+    if dtype not in _DTYPE_BYTES:
+        raise ValueError(f"engine dtype {dtype!r}: the planner knows {', '.join(_DTYPE_BYTES)}")
+    return _DTYPE_BYTES[dtype]
+
+
+def plan_engine_pool(
+    pool: str, arch: ModelArch, cfg: EnginePoolConfig, seq_tokens: int, gpu_mem_gib: float
+) -> EnginePlan:
+    """`seq_tokens`: prompt + max_new_tokens of the pool's sampling."""
+    engine = cfg.engine
+    width = dtype_bytes(engine.dtype)
+    fraction = engine.mem_fraction_static
+    if fraction is None:
+        fraction = max(gpu_mem_gib - SGLANG_DEFAULT_RESERVE_GIB, 0) / gpu_mem_gib
+    weights = arch.param_count() * width / engine.tp
+    kv_heads = max(1, arch.num_key_value_heads // engine.tp)  # TP > KV heads: SGLang replicates them
+    kv_per_token = 2 * arch.num_hidden_layers * kv_heads * arch.head_dim * width
+    kv_bytes = max(fraction * gpu_mem_gib * GIB - weights, 0.0)
+    kv_tokens = int(kv_bytes // kv_per_token)
+    if engine.max_total_tokens is not None:
+        kv_tokens = min(kv_tokens, engine.max_total_tokens)
+    if engine.context_length is not None:
+        seq_tokens = min(seq_tokens, engine.context_length)
+    sequences = kv_tokens // seq_tokens
+    if engine.max_running_requests is not None:
+        sequences = min(sequences, engine.max_running_requests)
+    return EnginePlan(
+        pool=pool,
+        arch=arch.name,
+        num_engines=cfg.num_engines,
+        tp=engine.tp,
+        mem_fraction_static=fraction,
+        weights_gib=weights / GIB,
+        kv_cache_gib=kv_bytes / GIB,
+        kv_tokens=kv_tokens,
+        seq_tokens=seq_tokens,
+        sequences_at_once=sequences,
+        fits=sequences >= 1,
+    )
+
+
+def learner_reasons(plan: LearnerPlan, gpu_mem_gib: float) -> list[str]:
+    if plan.fits:
+        return []
+    s = plan.setup
+    parts = ", ".join(f"{name} {gib:.1f}" for name, gib in plan.gib.items() if gib)
+    params = plan.params_per_stage[plan.worst_stage]
+    return [
+        f"learner ({plan.arch}, TP {s.tp} x PP {s.pp} x DP {s.dp}): stage {plan.worst_stage} needs "
+        f"{plan.total_gib:.1f} GiB per GPU > {gpu_mem_gib:g} GiB ({params:,} parameters per GPU; "
+        f"GiB: {parts})"
+    ]
+
+
+def engine_reasons(plan: EnginePlan, gpu_mem_gib: float) -> list[str]:
+    if plan.fits:
+        return []
+    budget = plan.mem_fraction_static * gpu_mem_gib
+    where = f"{plan.pool} engines ({plan.arch}, TP {plan.tp})"
+    if plan.weights_gib >= budget:
+        return [
+            f"{where}: weights {plan.weights_gib:.1f} GiB per GPU exceed mem_fraction_static "
+            f"{plan.mem_fraction_static:g} x {gpu_mem_gib:g} GiB = {budget:.1f} GiB"
+        ]
+    return [
+        f"{where}: KV cache holds {plan.kv_tokens:,} tokens, less than one sequence of "
+        f"{plan.seq_tokens:,} tokens"
+    ]
+
+
+def plan_run(
+    cfg: S2LConfig, learner_arch: ModelArch, explorer_arch: ModelArch | None, gpu_mem_gib: float
+) -> RunPlan:
+    """The learner and every engine pool the run starts (the explorer's only when it samples live:
+    t_mix > 0 and no explorer cache); `explorer_arch` is needed only then."""
+    learner = plan_learner(learner_arch, learner_setup(cfg, learner_arch), gpu_mem_gib)
+    prompt = cfg.data.max_prompt_tokens
+    rollout = cfg.rollout
+    seq = prompt + rollout.learner_sampling.max_new_tokens
+    engines = [plan_engine_pool("learner", learner_arch, rollout.learner, seq, gpu_mem_gib)]
+    if explorer_pool_is_live(cfg):
+        if explorer_arch is None:
+            raise ValueError("the explorer pool samples live (schedule.t_mix > 0): give its architecture")
+        seq = prompt + rollout.explorer_sampling.max_new_tokens
+        engines.append(plan_engine_pool("explorer", explorer_arch, rollout.explorer, seq, gpu_mem_gib))
+    reasons = learner_reasons(learner, gpu_mem_gib)
+    for engine in engines:
+        reasons += engine_reasons(engine, gpu_mem_gib)
+    return RunPlan(gpu_mem_gib=gpu_mem_gib, learner=learner, engines=engines, reasons=reasons)
+
+
+def explorer_pool_is_live(cfg: S2LConfig) -> bool:
+    """Whether the run starts explorer engines (as `run.driver` and `RolloutEngines` decide)."""
+    return cfg.schedule.t_mix > 0 and cfg.rollout.explorer_cache_path is None

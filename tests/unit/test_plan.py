@@ -1,0 +1,190 @@
+"""`s2l plan` on the shipped configs against hand-computed Qwen3 numbers (the formulas of
+megatron_s2l/plan/memory.py; parameters per rank against Megatron itself:
+tests/integration/test_plan_params.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from megatron_s2l.plan.cli import EXIT_DOES_NOT_FIT, add_arguments, run
+
+NUM_GPUS = 0
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_8B = str(ROOT / "yaml" / "qwen3-8b-s2l.yaml")  # TP 2 x DP 4, distributed optimizer, recompute
+CONFIG_14B = str(ROOT / "yaml" / "qwen3-14b-s2l.yaml")  # TP 4 x DP 2
+GIB = 2**30
+
+# Qwen3-8B at TP 2 (DESIGN.md section 7: hidden 4096, 36 layers, 32 Q heads, 8 KV heads, head_dim 128,
+# FFN 12288, vocab 151936, untied), worked out by hand:
+#   layer matmuls: q, o 2 x 4096 x 4096 = 33,554,432; k, v 2 x 4096 x 1024 = 8,388,608;
+#                  gate, up, down 3 x 4096 x 12288 = 150,994,944 -> 192,937,984, / TP 2 = 96,468,992
+#   layer norms (not split over TP): 2 x 4096 + q_norm, k_norm 2 x 128 = 8,448
+#   36 layers: 36 x 96,477,440 = 3,473,187,840
+#   vocabulary padded to a multiple of 128 x TP 2 = 256: 151,936 -> 152,064; / TP 2 = 76,032 rows
+#   embedding + output layer: 2 x 76,032 x 4096 = 622,854,144; final norm 4,096
+PARAMS_8B_TP2 = 3_473_187_840 + 622_854_144 + 4_096  # = 4,096,046,080
+
+
+def plan(capsys: pytest.CaptureFixture[str], config: str, *overrides: str) -> tuple[int, dict]:
+    """(exit status, JSON) of `s2l plan --config CONFIG OVERRIDES --json`."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    status = run(parser.parse_args(["--config", config, *overrides, "--json"]))
+    return status, json.loads(capsys.readouterr().out)
+
+
+def state_gib(learner: dict) -> float:
+    """Weights + gradients + optimizer: what DESIGN.md's memory figures count."""
+    return sum(learner["gib"][name] for name in ("weights", "grads", "optimizer"))
+
+
+def test_8b_at_tp2_parameters_and_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out = plan(capsys, CONFIG_8B)
+    assert status == 0 and out["fits"] and out["reasons"] == []
+    learner = out["learner"]
+    assert learner["params_per_gpu"] == PARAMS_8B_TP2 == 4_096_046_080
+    assert learner["padded_vocab"] == 152_064
+    # DESIGN.md: 8B at TP 2, DP 4 ~34 GiB before activations: 4,096,046,080 x (6 + 12/4) bytes
+    assert state_gib(learner) == pytest.approx(PARAMS_8B_TP2 * 9 / GIB) == pytest.approx(34.33, abs=0.01)
+    assert learner["total_gib"] == pytest.approx(sum(learner["gib"].values()))
+    assert out["gpus"] == {"learner": 8, "engines": 4 * 2 + 2 * 1, "total": 18}
+    assert any("bundled qwen3-8b" in note for note in out["notes"])  # /models/... is absent here
+
+
+def test_activation_and_logit_terms(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out = plan(capsys, CONFIG_8B)
+    gib = out["learner"]["gib"]
+    s, b, h = 2048 + 8192, 2, 4096  # max_prompt_tokens + max_new_tokens; micro-batch; hidden
+    # full recompute: 36 bf16 layer inputs + one layer recomputed (Korthikanti: sbh x (10 + 24/TP))
+    assert gib["activations"] * GIB == pytest.approx(36 * 2 * s * b * h + s * b * h * (10 + 24 / 2))
+    assert gib["logits"] * GIB == pytest.approx(b * s * 76_032 * 8)  # two fp32 copies of V/TP
+    _, out = plan(capsys, CONFIG_8B, "learner.recompute_activations=false")
+    assert out["learner"]["gib"]["activations"] * GIB == pytest.approx(36 * s * b * h * (10 + 24 / 2))
+
+
+def test_14b_at_tp1_dp8_does_not_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out = plan(capsys, CONFIG_14B, "learner.parallel.tensor_parallel=1", "ranks=8")
+    assert status == EXIT_DOES_NOT_FIT and not out["fits"]
+    learner = out["learner"]
+    assert learner["setup"]["dp"] == 8
+    assert learner["params_per_gpu"] == 14_768_307_200  # vocab 151,936 is already a multiple of 128
+    # DESIGN.md: 14B at TP 1, DP 8 ~103 GiB before activations: x (6 + 12/8) bytes
+    assert state_gib(learner) == pytest.approx(14_768_307_200 * 7.5 / GIB) == pytest.approx(103.15, abs=0.01)
+    [reason] = out["reasons"]
+    assert reason.startswith("learner (qwen3-14b, TP 1 x PP 1 x DP 8)")
+    assert f"{learner['total_gib']:.1f} GiB per GPU > 80 GiB" in reason and "14,768,307,200" in reason
+
+
+def test_table_names_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--config", CONFIG_14B, "learner.parallel.tensor_parallel=1"])
+    assert run(args) == EXIT_DOES_NOT_FIT
+    text = capsys.readouterr().out
+    assert "parameters per GPU: 14,768,307,200" in text
+    assert "does NOT fit:\n  - learner (qwen3-14b, TP 1 x PP 1 x DP 8)" in text
+
+
+def test_14b_at_tp4_fits(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out = plan(capsys, CONFIG_14B)
+    assert status == 0 and out["learner"]["setup"]["tp"] == 4
+    # DESIGN.md: 14B at TP 4, DP 2 ~41 GiB before activations
+    assert state_gib(out["learner"]) == pytest.approx(41.3, abs=0.1)
+
+
+def test_distributed_optimizer_shards_the_optimizer_states(capsys: pytest.CaptureFixture[str]) -> None:
+    params = PARAMS_8B_TP2
+    _, on = plan(capsys, CONFIG_8B)
+    _, off = plan(capsys, CONFIG_8B, "learner.parallel.distributed_optimizer=false")
+    # fp32 master, Adam m and v: 12 bytes, over DP 4 with the distributed optimizer
+    assert on["learner"]["gib"]["optimizer"] * GIB == pytest.approx(params * 12 / 4)
+    assert off["learner"]["gib"]["optimizer"] * GIB == pytest.approx(params * 12)
+    assert state_gib(on["learner"]) * GIB == pytest.approx(params * (6 + 12 / 4))
+    assert state_gib(off["learner"]) * GIB == pytest.approx(params * 18)
+    _, fp32 = plan(capsys, CONFIG_8B, "learner.params_dtype=float32")
+    assert state_gib(fp32["learner"]) * GIB == pytest.approx(params * (4 + 4 + 8 / 4))  # no master copy
+
+
+def test_reference_on_the_gpu_or_offloaded(capsys: pytest.CaptureFixture[str]) -> None:
+    _, plain = plan(capsys, CONFIG_8B)
+    _, resident = plan(capsys, CONFIG_8B, "algo.loss.kl_coef=0.001")
+    _, offloaded = plan(capsys, CONFIG_8B, "algo.loss.kl_coef=0.001", "learner.reference_offload=true")
+    weights = plain["learner"]["gib"]["weights"]
+    assert resident["learner"]["gib"]["reference"] == pytest.approx(weights)
+    assert resident["learner"]["total_gib"] == pytest.approx(plain["learner"]["total_gib"] + weights)
+    assert offloaded["learner"]["gib"]["reference"] == 0
+    # the peak is the reference's forward: its weights (7.6 GiB) replace the training activations (7.3)
+    plain_total, activations = plain["learner"]["total_gib"], plain["learner"]["gib"]["activations"]
+    assert weights > activations
+    assert offloaded["learner"]["total_gib"] == pytest.approx(plain_total - activations + weights)
+
+
+def test_engine_kv_tokens_and_sequences(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out = plan(capsys, CONFIG_8B)
+    learner_pool, explorer_pool = out["engines"]
+    # qwen3-8b at TP 2: weights 8,190,735,360 params x 2 bytes / 2; KV per token: K and V x 36 layers
+    # x 8/2 KV heads x 128 x 2 bytes = 73,728
+    budget = 0.8 * 80 * GIB - 8_190_735_360
+    assert learner_pool["kv_tokens"] == budget // 73_728 == 820_973
+    assert learner_pool["sequences_at_once"] == 820_973 // 10_240 == 80
+    assert explorer_pool["arch"] == "qwen3-1.7b" and explorer_pool["tp"] == 1
+    _, capped = plan(capsys, CONFIG_8B, "rollout.learner.engine.context_length=4096")
+    assert capped["engines"][0]["seq_tokens"] == 4096
+
+
+def test_engine_weights_over_the_static_fraction(capsys: pytest.CaptureFixture[str]) -> None:
+    # 14B at TP 1: 29.5 GB of bf16 weights > 0.3 x 80 GiB
+    status, out = plan(
+        capsys, CONFIG_14B, "rollout.learner.engine.tp=1", "rollout.learner.engine.mem_fraction_static=0.3"
+    )
+    assert status == EXIT_DOES_NOT_FIT and out["learner"]["fits"]
+    assert out["engines"][0]["sequences_at_once"] == 0
+    assert out["reasons"] == [
+        "learner engines (qwen3-14b, TP 1): weights 27.5 GiB per GPU exceed mem_fraction_static "
+        "0.3 x 80 GiB = 24.0 GiB"
+    ]
+
+
+def test_grpo_plans_no_explorer_pool(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out = plan(capsys, str(ROOT / "yaml" / "qwen3-8b-grpo.yaml"))
+    assert [e["pool"] for e in out["engines"]] == ["learner"]
+
+
+def test_model_paths(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    checkpoint = tmp_path / "step-100"  # a name no bundled architecture matches
+    checkpoint.mkdir()
+    shutil.copy(ROOT / "megatron_s2l" / "archs" / "qwen3-8b.json", checkpoint / "config.json")
+    _, out = plan(capsys, CONFIG_8B, f"model.learner={checkpoint}")
+    assert out["learner"]["params_per_gpu"] == PARAMS_8B_TP2
+    assert not any("model.learner" in note for note in out["notes"])
+    with pytest.raises(ValueError, match="names no bundled architecture"):
+        plan(capsys, CONFIG_8B, f"model.learner={tmp_path / 'absent'}")
+
+
+def test_train_refuses_a_run_that_does_not_fit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`s2l train`'s pre-flight prints the plan and refuses 14B at TP 1 x DP 8 on 80 GiB GPUs; the
+    same checkpoint at TP 4 x DP 2 passes (what preflight does when CUDA is present)."""
+    from megatron_s2l import archs
+    from megatron_s2l.archs import bundled_names
+    from megatron_s2l.config import load_config
+    from megatron_s2l.configio import ConfigError
+    from megatron_s2l.train_cli import check_memory_plan
+
+    assert "qwen3-14b" in bundled_names()
+    model = tmp_path / "Qwen3-14B-Base"
+    model.mkdir()
+    bundled = Path(archs.__file__).with_name("qwen3-14b.json")
+    (model / "config.json").write_text(bundled.read_text())
+    base = [f"model.learner={model}", "schedule.t_mix=0"]
+    tp1 = load_config(ROOT / "yaml/qwen3-14b-s2l.yaml", [*base, "learner.parallel.tensor_parallel=1"])
+    refused = r"does not fit in GPU memory[\s\S]*Qwen3-14B-Base, TP 1 x PP 1 x DP 8"
+    with pytest.raises(ConfigError, match=refused):
+        check_memory_plan(tp1, 80.0)
+    assert "does NOT fit" in capsys.readouterr().out
+    check_memory_plan(load_config(ROOT / "yaml/qwen3-14b-s2l.yaml", base), 80.0)
+    assert "fits" in capsys.readouterr().out
