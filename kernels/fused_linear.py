@@ -72,6 +72,7 @@ class FusedLinearLogprobsEntropy(torch.autograd.Function):
         all_reduce_stats(stats_R4T, tp_group)
         logp_T, entropy_T, lse_2T = ops.combine(stats_R4T, targets_T, ignore_index, compute_entropy)
         ctx.save_for_backward(hidden_TH, weight_VH, targets_T, lse_2T, entropy_T)
+        ctx.set_materialize_grads(False)  # an unused output (the entropy): no zero-filled gradient
         ctx.vocab_start, ctx.temperature, ctx.ignore_index = vocab_start, temperature, ignore_index
         ctx.tp_group, ctx.compute_entropy, ctx.chunk_size = tp_group, compute_entropy, chunk_size
         ctx.reduce_grad_hidden, ctx.real_width, ctx.ops = reduce_grad_hidden, real, ops
@@ -167,7 +168,7 @@ def fused_linear_logprobs_and_entropy(
     logp_T, entropy_T = FusedLinearLogprobsEntropy.apply(
         hidden_TH,
         weight,
-        layout.to_rows(targets).long(),
+        layout.to_rows(targets).long().contiguous(),  # the kernels index targets by row
         float(temperature),
         tp_group,
         compute_entropy,

@@ -299,6 +299,9 @@ class LogprobsEntropy(torch.autograd.Function):
             ops, logits_TV, targets_T, temperature, tp_group, compute_entropy, ignore_index, vocab_size
         )
         ctx.save_for_backward(logits_TV, targets_T, lse_2T, entropy_T)
+        # An output the loss does not use (the entropy, often, kept for a metric) gets no zero-filled
+        # gradient: backward then skips the entropy term per logit instead of multiplying by zeros.
+        ctx.set_materialize_grads(False)
         ctx.vocab_start = tp_rank_and_size(tp_group)[0] * logits_TV.shape[1]
         ctx.real_width = real_shard_width(logits_TV.shape[1], ctx.vocab_start, vocab_size)
         ctx.temperature, ctx.ignore_index, ctx.ops = temperature, ignore_index, ops
@@ -359,7 +362,7 @@ def logprobs_and_entropy(
     logits_TV, layout = flatten_rows(logits)
     logp_T, entropy_T = LogprobsEntropy.apply(
         logits_TV,
-        layout.to_rows(targets).long(),
+        layout.to_rows(targets).long().contiguous(),  # the kernels index targets by row
         float(temperature),
         tp_group,
         compute_entropy,

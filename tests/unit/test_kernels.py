@@ -116,6 +116,47 @@ def test_extreme_logits(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_targets_are_read_by_stride(backend: str) -> None:
+    """Targets that are a strided view (a column of pairs, a transposed [S, B] block) are read at
+    their strides, not as if contiguous."""
+    logits = torch.randn(2, 9, 37) * 3
+    pairs = torch.randint(0, 37, (18, 2))
+    pairs[4, 0] = IGNORE
+    check_op(logits.view(18, 37), pairs[:, 0], backend)
+    block_SB = torch.randint(0, 37, (9, 2))
+    check_op(logits, block_SB.t(), backend)  # [B, S] view of an [S, B] tensor
+
+
+@pytest.mark.parametrize("ops", ["triton", "torch"])
+def test_an_unused_output_gets_no_materialized_gradient(ops: str) -> None:
+    """A loss of logp alone (entropy computed for a metric) hands the backward pass no zero-filled
+    entropy gradient (the kernel then skips the entropy term); the logits' gradient stays right,
+    also for a loss of the entropy alone."""
+    import dataclasses
+
+    from megatron_s2l.kernels.logprobs import TRITON_OPS, LogprobsEntropy
+    from megatron_s2l.kernels.reference import TORCH_OPS
+
+    base = TRITON_OPS if ops == "triton" else TORCH_OPS
+    seen: list[tuple[bool, bool]] = []
+
+    def recording(*args):
+        seen.append((args[7] is None, args[8] is None))  # grad_logp_T, grad_entropy_T
+        return base.logits_grad(*args)
+
+    recorder = dataclasses.replace(base, logits_grad=recording)
+    logits, targets = torch.randn(7, 45), torch.randint(0, 45, (7,))
+    for pick in (0, 1):
+        x = logits.clone().requires_grad_()
+        outputs = LogprobsEntropy.apply(x, targets, 1.0, None, True, IGNORE, False, None, recorder)
+        (grad,) = torch.autograd.grad(outputs[pick].sum(), x)
+        x64 = logits.double().requires_grad_()
+        (ref,) = torch.autograd.grad(reference_logp_entropy(x64, targets, 1.0)[pick].sum(), x64)
+        assert rel_err(grad, ref) < TOL[torch.float32]
+    assert seen == [(False, True), (False, False)]  # logp's gradient is always an input of the kernel
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_all_ignored_rows_give_zeros(backend: str) -> None:
     logits = torch.randn(6, 97)
     targets = torch.full((6,), IGNORE)

@@ -82,6 +82,15 @@ def test_fused_linear_grpo_loss(backend: str) -> None:
     assert {"pg_loss", "kl", "entropy", "clipfrac_high"} <= metrics.keys()
 
 
+def test_strided_targets_are_read_by_stride() -> None:
+    """A strided view of targets (a column of pairs) gives the log-probs of those very targets."""
+    hidden, weight, targets = make_inputs(13, 257, torch.float32)
+    pairs = torch.stack([targets, torch.randint(0, 257, (13,))], dim=1)
+    logp, _ = fused_linear_logprobs_and_entropy(hidden, weight, pairs[:, 0], chunk_size=4, backend="triton")
+    ref_logp, _ = reference_logp_entropy((hidden.double() @ weight.double().T), targets, 1.0)
+    assert rel_err(logp, ref_logp, floor=1.0) < TOL[torch.float32]
+
+
 def test_frozen_weight_gets_no_grad() -> None:
     hidden, weight, targets = make_inputs(9, 70, torch.float32)
     h = hidden.clone().requires_grad_()
