@@ -88,12 +88,12 @@ class FusedLinearLogprobsEntropy(torch.autograd.Function):
             grad_entropy_T = None
         num_tokens, chunk = hidden_TH.shape[0], ctx.chunk_size
         grad_hidden_TH = torch.empty_like(hidden_TH) if need_hidden else None
-        # One chunk writes d_weight directly; several accumulate in fp32 (bf16 sums drift).
+        # One chunk writes d_weight directly; several accumulate each chunk's product in fp32 (a
+        # product rounded to bf16 per chunk, then summed, drifts with the number of chunks).
         accumulate_fp32 = need_weight and num_tokens > chunk and weight_VH.dtype != torch.float32
         grad_weight_VH = None
         if need_weight:
             grad_weight_VH = torch.zeros_like(weight_VH, dtype=torch.float32 if accumulate_fp32 else None)
-        scratch_VH = torch.empty_like(weight_VH) if accumulate_fp32 else None
         # Padded vocab rows (ids >= vocab_size) take no part and get a zero gradient.
         weight_RH = weight_VH[: ctx.real_width]
         grad_weight_RH = None if grad_weight_VH is None else grad_weight_VH[: ctx.real_width]
@@ -116,8 +116,8 @@ class FusedLinearLogprobsEntropy(torch.autograd.Function):
             )
             if need_hidden:
                 torch.mm(dlogits_CV, weight_RH, out=grad_hidden_TH[start:end])
-            if accumulate_fp32:
-                grad_weight_RH += torch.mm(dlogits_CV.T, hidden_CH, out=scratch_VH[: ctx.real_width])
+            if accumulate_fp32:  # chunk-sized fp32 copies; no [V, H] scratch
+                grad_weight_RH.addmm_(dlogits_CV.T.float(), hidden_CH.float())
             elif need_weight:
                 grad_weight_RH.addmm_(dlogits_CV.T, hidden_CH)
         if need_hidden and ctx.reduce_grad_hidden and tp_rank_and_size(ctx.tp_group)[1] > 1:
