@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from megatron_s2l.data import PromptDataset, prompt_id
+from megatron_s2l.eval.metrics import avg_at_k, maj_at_k, pass_at_k
 from megatron_s2l.reward import RewardScorer
 from megatron_s2l.rollout.client import RolloutClient
 from megatron_s2l.rollout.records import SampleRequest, sample_seed
@@ -74,8 +75,6 @@ def ks_up_to(n: int) -> list[int]:
 def summarize(results: Sequence[ProblemResult], n: int) -> dict:
     """avg@n and its standard error over problems, unbiased pass@k for `ks_up_to(n)`, and maj@n,
     averaged over problems."""
-    from megatron_s2l.eval.metrics import avg_at_k, maj_at_k, pass_at_k
-
     if not results:
         raise ValueError("no problems to summarize")
     count = len(results)
