@@ -26,8 +26,10 @@ class ShardOps:
     """The three passes a backend implements; everything else is backend-independent."""
 
     shard_stats: Callable[..., None]
-    """(logits_TV, targets_T, vocab_start, temperature, compute_entropy, out_4T): one read of the
-    logits shard, writing its [4, T] statistics into `out_4T` (a view into the [R, 4, T] buffer)."""
+    """(logits_TV, targets_T, vocab_start, temperature, ignore_index, compute_entropy, out_4T): one
+    read of the logits shard, writing its [4, T] statistics into `out_4T` (a view into the
+    [R, 4, T] buffer). Rows whose target is ignore_index get those of an empty shard (max -inf,
+    sums 0) and need not be read."""
     combine: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     """(stats_R4T, targets_T, ignore_index, compute_entropy) -> (logp_T, entropy_T, lse_2T), fp32;
     lse_2T holds the global max and log sum exp(x - max): kept apart (not added into the lse) so
@@ -35,7 +37,8 @@ class ShardOps:
     logits_grad: Callable[..., torch.Tensor]
     """(logits_TV, targets_T, vocab_start, temperature, ignore_index, lse_2T, entropy_T, grad_logp_T,
     grad_entropy_T or None, out_TV) -> out_TV: one read of the logits, one write of dlogits (out_TV
-    may be the logits themselves)."""
+    may be the logits themselves). Rows whose target is ignore_index get zeros and need not be
+    read."""
 
 
 def tp_rank_and_size(tp_group: dist.ProcessGroup | None) -> tuple[int, int]:
@@ -86,7 +89,13 @@ def compute_logprobs_entropy(
     real = real_shard_width(logits_TV.shape[1], vocab_start, vocab_size)
     stats_R4T = new_stats_buffer(targets_T.shape[0], tp_group, logits_TV.device)
     ops.shard_stats(
-        logits_TV[:, :real], targets_T, vocab_start, temperature, compute_entropy, stats_R4T[rank]
+        logits_TV[:, :real],
+        targets_T,
+        vocab_start,
+        temperature,
+        ignore_index,
+        compute_entropy,
+        stats_R4T[rank],
     )
     all_reduce_stats(stats_R4T, tp_group)
     return ops.combine(stats_R4T, targets_T, ignore_index, compute_entropy)

@@ -66,6 +66,7 @@ class FusedLinearLogprobsEntropy(torch.autograd.Function):
                 targets_T[start:end],
                 vocab_start,
                 temperature,
+                ignore_index,
                 compute_entropy,
                 stats_R4T[rank, :, start:end],
             )

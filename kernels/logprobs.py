@@ -7,6 +7,12 @@ log-sum-exp (kept apart for precision). Backward:
 `_logprobs_bwd_kernel` reads each row once and writes dlogits once (into the logits' own storage
 when asked). The math is spelled out in `reference.py`; all arithmetic is fp32 whatever the
 logits' dtype. Only core `tl` ops are used, so the kernels build on Triton 3.6 to 3.9.
+
+Both passes over a row load its full BLOCK_V-wide blocks without a mask and mask only the one tail
+block past the last multiple of BLOCK_V (HAS_TAIL): a mask bounded by a width that is not a
+multiple of 16 (the Qwen3 tokenizer's 151,669 real ids) would turn every load into a scalar one.
+A row whose target is ignore_index is not read at all: forward gives it the statistics of an
+empty shard (max -inf, sums 0), backward writes its dlogits row as zeros.
 """
 
 from __future__ import annotations
@@ -48,6 +54,23 @@ def _block_and_warps(vocab: int) -> tuple[int, int]:
 
 
 @triton.jit
+def _online_block(x, m, s, w, COMPUTE_ENTROPY: tl.constexpr):
+    """Fold one block x [BLOCK_V] (fp32, already / temperature) into the running max m, sum-exp s
+    and entropy term w of a row; returns the new (m, s, w)."""
+    m_new = tl.maximum(m, tl.max(x, axis=0))
+    # While every logit so far is -inf, shift by 0 instead (exp(-inf - -inf) is nan).
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m - m_safe)
+    e = tl.exp(x - m_safe)
+    if COMPUTE_ENTROPY:
+        # Move the running sum of e * (x - m) to the new max: w' = alpha * (w + s * (m - m')).
+        shift = tl.where(s > 0, m - m_safe, 0.0)
+        w = alpha * (w + s * shift) + tl.sum(e * tl.where(e > 0, x - m_safe, 0.0), axis=0)
+    s = s * alpha + tl.sum(e, axis=0)
+    return m_new, s, w
+
+
+@triton.jit
 def _logprobs_fwd_kernel(
     logits_ptr,
     targets_ptr,
@@ -57,31 +80,31 @@ def _logprobs_fwd_kernel(
     stride_stat,
     vocab_start,
     inv_temp,
+    ignore_index,
     BLOCK_V: tl.constexpr,
+    HAS_TAIL: tl.constexpr,
     COMPUTE_ENTROPY: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # int64: T * V exceeds 2^31 at 16k tokens x 152k vocab
     row_ptr = logits_ptr + row * stride_row
     cols = tl.arange(0, BLOCK_V)
+    target = tl.load(targets_ptr + row)
+    valid = target != ignore_index
     m = float("-inf")
     s = 0.0
     w = 0.0
-    for start in range(0, vocab, BLOCK_V):
-        offs = start + cols
-        x = tl.load(row_ptr + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32) * inv_temp
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        # While every logit so far is -inf, shift by 0 instead (exp(-inf - -inf) is nan).
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m - m_safe)
-        e = tl.exp(x - m_safe)
-        if COMPUTE_ENTROPY:
-            # Move the running sum of e * (x - m) to the new max: w' = alpha * (w + s * (m - m')).
-            shift = tl.where(s > 0, m - m_safe, 0.0)
-            w = alpha * (w + s * shift) + tl.sum(e * tl.where(e > 0, x - m_safe, 0.0), axis=0)
-        s = s * alpha + tl.sum(e, axis=0)
-        m = m_new
-    local = tl.load(targets_ptr + row) - vocab_start
-    owned = (local >= 0) & (local < vocab)
+    if valid:  # an ignored row is not read: its statistics are those of an empty shard
+        # Full blocks without a mask (vector loads: a bound like 151,669 is not a multiple of 16),
+        # then at most one masked tail block.
+        for block in range(0, vocab // BLOCK_V):
+            x = tl.load(row_ptr + block * BLOCK_V + cols).to(tl.float32) * inv_temp
+            m, s, w = _online_block(x, m, s, w, COMPUTE_ENTROPY)
+        if HAS_TAIL:
+            offs = (vocab // BLOCK_V) * BLOCK_V + cols
+            x = tl.load(row_ptr + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32) * inv_temp
+            m, s, w = _online_block(x, m, s, w, COMPUTE_ENTROPY)
+    local = target - vocab_start
+    owned = valid & (local >= 0) & (local < vocab)
     x_target = tl.load(row_ptr + tl.where(owned, local, 0), mask=owned, other=0.0).to(tl.float32)
     out_ptr = stats_ptr + row
     tl.store(out_ptr + _MAX * stride_stat, m)
@@ -124,9 +147,10 @@ def _logprobs_combine_kernel(
         if COMPUTE_ENTROPY:
             w_r = tl.load(base + _XEXP * num_tokens, mask=in_range, other=0.0)
             xexp += scale * (w_r + s_r * tl.where(scale > 0, m_r - m, 0.0))
-    s = tl.where(in_range, s, 1.0)  # padding lanes: no log(0) (the interpreter warns)
-    log_s = tl.log(s)
     valid = tl.load(targets_ptr + offs, mask=in_range, other=ignore_index) != ignore_index
+    # Padding lanes and ignored rows (statistics of an empty shard): no log(0) (the interpreter warns).
+    s = tl.where(in_range & valid, s, 1.0)
+    log_s = tl.log(s)
     tl.store(lse_ptr + offs, m, mask=in_range)
     tl.store(lse_ptr + num_tokens + offs, log_s, mask=in_range)
     tl.store(logp_ptr + offs, tl.where(valid, (x_target - m) - log_s, 0.0), mask=in_range)
@@ -134,6 +158,17 @@ def _logprobs_combine_kernel(
         tl.store(entropy_ptr + offs, tl.where(valid, log_s - xexp / s, 0.0), mask=in_range)
     else:
         tl.store(entropy_ptr + offs, tl.zeros([BLOCK_T], tl.float32), mask=in_range)
+
+
+@triton.jit
+def _grad_block(x, offs, local, row_max, log_s, g, h, entropy, inv_temp, HAS_GRAD_ENTROPY: tl.constexpr):
+    """dlogits of one block x [BLOCK_V] (fp32, already / temperature) of a row."""
+    logp = (x - row_max) - log_s
+    p = tl.exp(logp)
+    dx = tl.where(offs == local, g, 0.0) - g * p
+    if HAS_GRAD_ENTROPY:
+        dx -= h * p * tl.where(p > 0, logp + entropy, 0.0)
+    return dx * inv_temp
 
 
 @triton.jit
@@ -153,33 +188,43 @@ def _logprobs_bwd_kernel(
     inv_temp,
     ignore_index,
     BLOCK_V: tl.constexpr,
+    HAS_TAIL: tl.constexpr,
     HAS_GRAD_ENTROPY: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * stride_row
     drow_ptr = dlogits_ptr + row * stride_drow
+    out_ty = dlogits_ptr.dtype.element_ty
     target = tl.load(targets_ptr + row)
-    valid = target != ignore_index
-    local = target - vocab_start
-    row_max = tl.load(lse_ptr + row)
-    log_s = tl.load(lse_ptr + num_tokens + row)
-    g = tl.where(valid, tl.load(grad_logp_ptr + row), 0.0)
-    h = 0.0
-    entropy = 0.0
-    if HAS_GRAD_ENTROPY:
-        h = tl.where(valid, tl.load(grad_entropy_ptr + row), 0.0)
-        entropy = tl.load(entropy_ptr + row)
     cols = tl.arange(0, BLOCK_V)
-    for start in range(0, vocab, BLOCK_V):
-        offs = start + cols
-        in_vocab = offs < vocab
-        x = tl.load(row_ptr + offs, mask=in_vocab, other=float("-inf")).to(tl.float32) * inv_temp
-        logp = (x - row_max) - log_s
-        p = tl.exp(logp)
-        dx = tl.where(offs == local, g, 0.0) - g * p
+    num_full = vocab // BLOCK_V
+    tail = num_full * BLOCK_V + cols
+    if target != ignore_index:
+        local = target - vocab_start
+        row_max = tl.load(lse_ptr + row)
+        log_s = tl.load(lse_ptr + num_tokens + row)
+        g = tl.load(grad_logp_ptr + row)
+        h = 0.0
+        entropy = 0.0
         if HAS_GRAD_ENTROPY:
-            dx -= h * p * tl.where(p > 0, logp + entropy, 0.0)
-        tl.store(drow_ptr + offs, (dx * inv_temp).to(dlogits_ptr.dtype.element_ty), mask=in_vocab)
+            h = tl.load(grad_entropy_ptr + row)
+            entropy = tl.load(entropy_ptr + row)
+        for block in range(0, num_full):  # full blocks unmasked, then at most one masked tail block
+            offs = block * BLOCK_V + cols
+            x = tl.load(row_ptr + offs).to(tl.float32) * inv_temp
+            dx = _grad_block(x, offs, local, row_max, log_s, g, h, entropy, inv_temp, HAS_GRAD_ENTROPY)
+            tl.store(drow_ptr + offs, dx.to(out_ty))
+        if HAS_TAIL:
+            in_vocab = tail < vocab
+            x = tl.load(row_ptr + tail, mask=in_vocab, other=float("-inf")).to(tl.float32) * inv_temp
+            dx = _grad_block(x, tail, local, row_max, log_s, g, h, entropy, inv_temp, HAS_GRAD_ENTROPY)
+            tl.store(drow_ptr + tail, dx.to(out_ty), mask=in_vocab)
+    else:  # an ignored row: zeros written, the logits not read
+        zeros = tl.zeros([BLOCK_V], dtype=out_ty)
+        for block in range(0, num_full):
+            tl.store(drow_ptr + block * BLOCK_V + cols, zeros)
+        if HAS_TAIL:
+            tl.store(drow_ptr + tail, zeros, mask=tail < vocab)
 
 
 def shard_stats_triton(
@@ -187,6 +232,7 @@ def shard_stats_triton(
     targets_T: torch.Tensor,
     vocab_start: int,
     temperature: float,
+    ignore_index: int,
     compute_entropy: bool,
     out_4T: torch.Tensor,
 ) -> None:
@@ -205,7 +251,9 @@ def shard_stats_triton(
         out_4T.stride(0),
         vocab_start,
         1.0 / temperature,
+        ignore_index,
         BLOCK_V=block_v,
+        HAS_TAIL=vocab % block_v != 0,
         COMPUTE_ENTROPY=compute_entropy,
         num_warps=num_warps,
     )
@@ -269,6 +317,7 @@ def logits_grad_triton(
         1.0 / temperature,
         ignore_index,
         BLOCK_V=block_v,
+        HAS_TAIL=vocab % block_v != 0,
         HAS_GRAD_ENTROPY=has_grad_entropy,
         num_warps=num_warps,
     )
@@ -350,7 +399,8 @@ def logprobs_and_entropy(
     logits: [..., V_local] vocab-parallel logits (bf16 or fp32); targets: [...] global vocab ids.
     Returns (logp [...], entropy [...] or None when compute_entropy is False). Both are
     differentiable w.r.t. `logits`. Tokens whose target equals `ignore_index` get logp = entropy
-    = 0 and no gradient. `inplace_backward=True` writes dlogits into the logits' storage (the
+    = 0 and a zero gradient, and their logits are not read (they may hold anything, NaN
+    included). `inplace_backward=True` writes dlogits into the logits' storage (the
     caller promises nothing else reads those logits after this op's backward). `vocab_size`, the
     real (unpadded) global vocab size, makes the columns of ids >= vocab_size count as -inf logits
     (they get no probability and a zero gradient) without reading or writing them.

@@ -20,14 +20,18 @@ def shard_stats_torch(
     targets_T: torch.Tensor,
     vocab_start: int,
     temperature: float,
+    ignore_index: int,
     compute_entropy: bool,
     out_4T: torch.Tensor,
 ) -> None:
-    """The [4, T] statistics of one vocab shard, written into out_4T."""
-    x_TV = logits_TV.float() / temperature
+    """The [4, T] statistics of one vocab shard, written into out_4T; ignored rows get those of an
+    empty shard (max -inf, sums 0) whatever their logits hold."""
+    valid_T = targets_T != ignore_index
+    x_TV = torch.where(valid_T[:, None], logits_TV.float() / temperature, float("-inf"))
     vocab = x_TV.shape[1]
     if vocab == 0:  # a shard of padded vocab only: no mass (the -inf max is what combine expects)
         out_4T[STAT_MAX] = float("-inf")
+        out_4T[STAT_SUMEXP:] = 0.0
         return
     m_T = x_TV.max(dim=-1).values
     # A shard of all -inf logits keeps m = -inf (it then weighs nothing in the combination).
@@ -35,7 +39,7 @@ def shard_stats_torch(
     xm_TV = x_TV - m_safe_T[:, None]
     e_TV = torch.exp(xm_TV)
     local_T = targets_T - vocab_start
-    owned_T = (local_T >= 0) & (local_T < vocab)
+    owned_T = valid_T & (local_T >= 0) & (local_T < vocab)
     target_T = x_TV.gather(1, torch.where(owned_T, local_T, 0)[:, None]).squeeze(1)
     out_4T[STAT_MAX] = m_T
     out_4T[STAT_SUMEXP] = e_TV.sum(dim=-1)
@@ -54,9 +58,9 @@ def combine_torch(
     m_T = torch.where(torch.isfinite(m_T), m_T, torch.zeros_like(m_T))
     scale_RT = torch.exp(max_RT - m_T)  # rescales each shard's sums to the global max
     sumexp_RT = stats_R4T[:, STAT_SUMEXP] * scale_RT
-    s_T = sumexp_RT.sum(dim=0)
-    log_s_T = torch.log(s_T)
     valid_T = targets_T != ignore_index
+    s_T = torch.where(valid_T, sumexp_RT.sum(dim=0), 1.0)  # ignored rows: empty statistics, no log(0)
+    log_s_T = torch.log(s_T)
     logp_T = torch.where(valid_T, (stats_R4T[:, STAT_TARGET].sum(dim=0) - m_T) - log_s_T, 0.0)
     lse_2T = torch.stack([m_T, log_s_T])
     if not compute_entropy:
@@ -93,7 +97,8 @@ def logits_grad_torch(
         h_T = torch.where(valid_T, grad_entropy_T.float(), 0.0)
         ent_TV = torch.where(p_TV > 0, p_TV * (logp_TV + entropy_T[:, None]), 0.0)
         dx_TV -= h_T[:, None] * ent_TV
-    return out_TV.copy_(dx_TV / temperature)
+    # Ignored rows get zeros (0 * p would be nan where their logits are not finite).
+    return out_TV.copy_(torch.where(valid_T[:, None], dx_TV / temperature, 0.0))
 
 
 TORCH_OPS = ShardOps(shard_stats=shard_stats_torch, combine=combine_torch, logits_grad=logits_grad_torch)

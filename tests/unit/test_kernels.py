@@ -258,3 +258,203 @@ def test_padded_vocab_columns_are_skipped(backend: str, inplace: bool) -> None:
     (ref_grad,) = torch.autograd.grad((ref_logp + 0.5 * ref_entropy).sum(), x64)
     assert rel_err(logp, ref_logp, floor=1.0) < 1e-5 and rel_err(entropy, ref_entropy, floor=1.0) < 1e-5
     assert rel_err(grad[:, :real], ref_grad) < 1e-5 and not grad[:, real:].any()
+
+
+class MemoryOpCounter:
+    """Counts the interpreter's block loads and stores of `width` elements, masked or not (a masked
+    load on a GPU is vectorised only when its bound is known to be aligned; one row-long bound
+    such as Qwen3's 151,669 is not)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, width: int) -> None:
+        from triton.runtime.interpreter import InterpreterBuilder
+
+        self.width, self.counts, self._unmasked = width, {}, False
+        load, masked_load = InterpreterBuilder.create_load, InterpreterBuilder.create_masked_load
+        store, masked_store = InterpreterBuilder.create_store, InterpreterBuilder.create_masked_store
+
+        def unmasked(kind: str, fn):
+            def wrapper(builder, ptr, *args):
+                self._record(kind, "unmasked", ptr)
+                self._unmasked = True  # the interpreter's unmasked ops call its masked ones
+                try:
+                    return fn(builder, ptr, *args)
+                finally:
+                    self._unmasked = False
+
+            return wrapper
+
+        def masked(kind: str, fn):
+            def wrapper(builder, ptr, *args):
+                if not self._unmasked:
+                    self._record(kind, "masked", ptr)
+                return fn(builder, ptr, *args)
+
+            return wrapper
+
+        monkeypatch.setattr(InterpreterBuilder, "create_load", unmasked("load", load))
+        monkeypatch.setattr(InterpreterBuilder, "create_masked_load", masked("load", masked_load))
+        monkeypatch.setattr(InterpreterBuilder, "create_store", unmasked("store", store))
+        monkeypatch.setattr(InterpreterBuilder, "create_masked_store", masked("store", masked_store))
+
+    def _record(self, kind: str, how: str, ptr) -> None:
+        if ptr.data.shape == (self.width,):
+            self.counts[kind, how] = self.counts.get((kind, how), 0) + 1
+
+
+interpreter_only = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1", reason="counts the memory ops of Triton's interpreter"
+)
+
+
+@interpreter_only
+@pytest.mark.parametrize("vocab", [5 * 64 + 3, 6 * 64 - 1, 6 * 64, 37])
+def test_only_the_vocab_tail_block_is_masked(monkeypatch: pytest.MonkeyPatch, vocab: int) -> None:
+    """Full BLOCK_V-wide blocks of a row are loaded and stored without a mask; only the one block
+    past the last multiple of BLOCK_V (if any) is masked, forward and backward."""
+    rows, block = 3, 64
+    logits, targets = torch.randn(rows, vocab) * 3, torch.randint(0, vocab, (rows,))
+    counter = MemoryOpCounter(monkeypatch, block)
+    x = logits.clone().requires_grad_()
+    logp, entropy = logprobs_and_entropy(x, targets, backend="triton")
+    (logp.sum() + entropy.sum()).backward()
+    full, tail = vocab // block, int(vocab % block != 0)
+    expected = {  # the forward pass and the backward pass each read every block once
+        ("load", "unmasked"): 2 * rows * full,
+        ("load", "masked"): 2 * rows * tail,
+        ("store", "unmasked"): rows * full,
+        ("store", "masked"): rows * tail,
+    }
+    assert counter.counts == {key: n for key, n in expected.items() if n}
+
+
+def check_awkward_bound(
+    width: int, vocab_size: int | None, backend: str, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> None:
+    """logprobs_and_entropy over `width` columns of which the first `vocab_size` are real ids (the
+    padded ones hold garbage that must not count), against float64; the last real id is a target."""
+    real = width if vocab_size is None else vocab_size
+    logits = torch.randn(3, width, device=device) * 3
+    logits[:, real:] = 1e4
+    logits = logits.to(dtype)
+    targets = torch.randint(0, real, (3,), device=device)
+    targets[0] = real - 1  # the last real id, in the masked tail block
+    x = logits.clone().requires_grad_()
+    logp, entropy = logprobs_and_entropy(x, targets, 0.9, vocab_size=vocab_size, backend=backend)
+    (grad,) = torch.autograd.grad((logp - 0.5 * entropy).sum(), x)
+    x64 = logits[:, :real].double().requires_grad_()
+    ref_logp, ref_entropy = reference_logp_entropy(x64, targets, 0.9)
+    (ref_grad,) = torch.autograd.grad((ref_logp - 0.5 * ref_entropy).sum(), x64)
+    tol = 1e-5 if dtype == torch.float32 else TOL[dtype]
+    assert rel_err(logp, ref_logp, floor=1.0) < 1e-5 and rel_err(entropy, ref_entropy, floor=1.0) < 1e-5
+    assert rel_err(grad[:, :real], ref_grad) < tol and not grad[:, real:].any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("width", "vocab_size", "max_block"),
+    [
+        (151936, 151669, 4096),
+        (2 * 4096 + 1, None, 4096),
+        (3 * 4096 - 1, None, 4096),
+        (64 * 7 + 15, 64 * 7 + 1, 64),
+    ],
+    ids=["qwen3-151669", "block+1", "block-1", "pad-to-block+1"],
+)
+def test_awkward_vocab_bounds_match_reference(
+    monkeypatch: pytest.MonkeyPatch, backend: str, width: int, vocab_size: int | None, max_block: int
+) -> None:
+    """Bounds 1 past and 1 short of a block boundary, and the Qwen3 tokenizer's 151,669 real ids in
+    Megatron's 151,936-wide padded shard."""
+    monkeypatch.setattr(logprobs_mod, "MAX_BLOCK_V", max_block)
+    check_awkward_bound(width, vocab_size, backend)
+
+
+def check_ignored_rows(
+    backend: str, inplace: bool, dtype: torch.dtype = torch.float32, device: str = "cpu", vocab: int = 150
+) -> None:
+    """NaN / inf in the logits of ignored rows reach no output; those rows get zeros."""
+    ignored = [1, 4, 7]
+    logits = (torch.randn(8, vocab, device=device) * 3).to(dtype)
+    targets = torch.randint(0, vocab, (8,), device=device)
+    targets[ignored] = IGNORE
+    poisoned = logits.clone()
+    poisoned[1] = float("nan")
+    poisoned[4] = float("inf")
+    poisoned[7, ::2], poisoned[7, 1::2] = float("-inf"), float("nan")
+    leaf = poisoned.clone().requires_grad_()
+    x = leaf * 1 if inplace else leaf
+    logp, entropy = logprobs_and_entropy(x, targets, 0.8, inplace_backward=inplace, backend=backend)
+    a, b = torch.randn(8, device=device), torch.randn(8, device=device)
+    (grad,) = torch.autograd.grad((logp * a + entropy * b).sum(), leaf)
+    x64 = logits.double().requires_grad_()
+    ref_logp, ref_entropy = reference_logp_entropy(x64, targets, 0.8)
+    (ref_grad,) = torch.autograd.grad((ref_logp * a + ref_entropy * b).sum(), x64)
+    tol = 1e-5 if dtype == torch.float32 else TOL[dtype]
+    assert torch.isfinite(logp).all() and torch.isfinite(entropy).all() and torch.isfinite(grad).all()
+    assert rel_err(logp, ref_logp, floor=1.0) < 1e-5 and rel_err(entropy, ref_entropy, floor=1.0) < 1e-5
+    assert rel_err(grad, ref_grad) < tol
+    assert not logp[ignored].any() and not entropy[ignored].any() and not grad[ignored].any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_ignored_rows_are_neither_read_nor_propagated(backend: str, inplace: bool) -> None:
+    """Rows whose target is ignore_index are skipped: NaN / inf in their logits reach neither the
+    other rows nor any output; they get logp = entropy = 0 and a dlogits row of zeros."""
+    check_ignored_rows(backend, inplace)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ignored_rows_get_empty_shard_statistics(backend: str) -> None:
+    """The statistics pass does not read an ignored row: its [4] statistics are those of a shard
+    with no mass (max -inf, sums 0), whatever its logits hold (NaN here)."""
+    from megatron_s2l.kernels.logprobs import select_ops
+
+    logits = torch.randn(5, 70)
+    logits[2] = float("nan")
+    targets = torch.randint(0, 70, (5,))
+    targets[2] = IGNORE
+    stats = torch.full((4, 5), 123.0)
+    select_ops(backend, logits).shard_stats(logits, targets, 0, 1.0, IGNORE, True, stats)
+    assert stats[0, 2] == float("-inf") and not stats[1:, 2].any()
+    assert torch.isfinite(stats[:, [0, 1, 3, 4]]).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("width", "vocab_size"), [(151936, 151669), (76032, None), (19072, None)])
+def test_awkward_bounds_and_ignored_rows_on_cuda(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, width: int, vocab_size: int | None
+) -> None:
+    """The compiled kernels at the learner's padded widths per TP rank (all of them end in a tail
+    block of 4096), the Qwen3 tokenizer's 151,669 bound, and poisoned ignored rows."""
+    monkeypatch.setattr(logprobs_mod, "MAX_BLOCK_V", 4096)
+    check_awkward_bound(width, vocab_size, "triton", dtype, "cuda")
+    check_ignored_rows("triton", True, dtype, "cuda", vocab=width)
+
+
+@pytest.mark.gpu
+def test_int64_offsets_past_2_31_elements_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tokens x vocab > 2^31 (14,200 x 151,936 bf16: 4.3 GB of logits): rows whose offsets pass
+    2^31 elements give the same logp, entropy and dlogits as float64 on those rows alone."""
+    monkeypatch.setattr(logprobs_mod, "MAX_BLOCK_V", 4096)
+    width, real = 151936, 151669
+    tokens = 2**31 // width + 66
+    assert tokens * width > 2**31
+    logits = torch.empty(tokens, width, device="cuda", dtype=torch.bfloat16).normal_(0.0, 3.0)
+    targets = torch.randint(0, real, (tokens,), device="cuda")
+    a, b = torch.randn(tokens, device="cuda"), torch.randn(tokens, device="cuda")
+    x = logits.requires_grad_()
+    logp, entropy = logprobs_and_entropy(x, targets, vocab_size=real, backend="triton")
+    (grad,) = torch.autograd.grad((logp * a + entropy * b).sum(), x)
+    rows = torch.tensor(
+        [0, 1, 2**31 // width - 1, 2**31 // width, 2**31 // width + 1, tokens - 2, tokens - 1]
+    )
+    x64 = logits.detach()[rows, :real].double().requires_grad_()
+    ref_logp, ref_entropy = reference_logp_entropy(x64, targets[rows])
+    (ref_grad,) = torch.autograd.grad((ref_logp * a[rows] + ref_entropy * b[rows]).sum(), x64)
+    assert rel_err(logp[rows], ref_logp, floor=1.0) < 1e-5
+    assert rel_err(entropy[rows], ref_entropy, floor=1.0) < 1e-5
+    for i in range(len(rows)):  # row by row: each row's dlogits have their own scale
+        assert rel_err(grad[rows[i], :real], ref_grad[i]) < TOL[torch.bfloat16], int(rows[i])
+    assert not grad[:, real:].any()
