@@ -10,12 +10,14 @@ setup: $(VENV)/.installed
 
 # Order matters: the pinned CPU torch goes in first so that no later resolver pulls a CUDA build;
 # SGLang itself goes in without its dependencies (they pin a CUDA torch and GPU kernels).
+# pyproject.toml gives torch and triton as ranges (the GPU set, docker/gpu.lock, takes 2.14.1 and
+# 3.8); the CPU set's pins are these two.
 $(VENV)/.installed: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	# No torchvision in the venv (see below): drop one a previous install may have left.
 	$(PIP) uninstall --quiet --yes torchvision 2>/dev/null || true
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet torch==2.13.0 triton==3.9.0
 	$(PIP) install --quiet -e '.[dev,rollout]'
 	$(PIP) install --quiet --no-deps sglang==0.5.23 sglang-router==0.3.2 timm==1.0.25
 	# SGLang imports torchvision even for text models; PyPI's build breaks `import transformers` in any
