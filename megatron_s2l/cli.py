@@ -35,6 +35,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "per-GPU memory of the learner and engine pools; exit 3 if it does not fit",
     ),
     "bench": ("megatron_s2l.bench.cli", "rollout FLOPs of S2L-PO vs GRPO, from a schedule or finished runs"),
+    "launch": (
+        "megatron_s2l.launch.cli",
+        "multi-node layout: print (--dry-run) or run (--node-rank K) each node's torchrun / s2l serve",
+    ),
 }
 
 

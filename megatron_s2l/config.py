@@ -104,12 +104,15 @@ class S2LConfig:
                 f"({per_update}): each optimizer update takes whole groups"
             )
         rows = per_update * self.schedule.group_size
-        per_step = self.ranks // model_parallel * parallel.micro_batch_size
+        dp = self.ranks // model_parallel
+        # With a token budget the micro-batches vary in rows: only the DP split must be even.
+        fixed_rows = parallel.max_tokens_per_micro_batch is None
+        per_step = dp * parallel.micro_batch_size if fixed_rows else dp
         if rows % per_step:
             raise ValueError(
                 f"each optimizer update's {rows} sequences (algo.ppo_mini_batch_prompts or "
-                f"schedule.prompts_per_step, times group_size) must be divisible by data-parallel size * "
-                f"learner.parallel.micro_batch_size ({per_step})"
+                f"schedule.prompts_per_step, times group_size) must be divisible by data-parallel size"
+                + (f" * learner.parallel.micro_batch_size ({per_step})" if fixed_rows else f" ({dp})")
             )
         max_new = self.rollout.learner_sampling.max_new_tokens
         if self.algo.overlong_buffer > max_new:

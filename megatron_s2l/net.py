@@ -1,4 +1,5 @@
-"""The one free-port helper (engines, the weight-sync group, the learner's rendezvous, tests)."""
+"""Ports and addresses: the one free-port helper (engines, the weight-sync group, the learner's
+rendezvous, tests) and the local address other hosts reach this one by."""
 
 from __future__ import annotations
 
@@ -22,3 +23,11 @@ def find_free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def address_towards(host: str) -> str:
+    """This machine's address on the route to `host`: what `host` can connect back to (a UDP
+    socket's connect picks the route and sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((socket.gethostbyname(host), 9))
+        return sock.getsockname()[0]

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from megatron_s2l.algo import mean_over_updates, ppo_mini_batch_rows, s2l_split
 from megatron_s2l.config import S2LConfig
 from megatron_s2l.learner.learner import Learner
+from megatron_s2l.rollout.colocate import Colocation
 from megatron_s2l.rollout.pool import EnginePool
 from megatron_s2l.run.checkpoint import load_latest_run_checkpoint, save_run_checkpoint
 from megatron_s2l.run.experience import engine_logprob_gaps
@@ -83,14 +84,24 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
             manifest=read_weight_manifest(cfg.model.learner),  # every sender checks its tensors
         )
         phases = Phases(run.status_file if driver else None)
+        # rollout.colocate: the learner engines hand their GPU memory to the learner between rollouts.
+        colocation = Colocation(
+            driver.engines.learner if driver else None,
+            enabled=cfg.rollout.colocate,
+            timeout_s=cfg.sync.timeout_s,
+        )
         start = 1
         loop = load_latest_run_checkpoint(run.checkpoints, learner) if resume else None
         if loop is not None:
             start = loop["step"] + 1
             if driver:
                 driver.load_state_dict(loop["driver"])
-            # The engines start from the base model: bring them to the checkpoint's weights.
-            sync_learner_engines(sync, learner, loop["step"], driver.engines.learner if driver else None)
+        # Engines started here hold the base model: a resumed run brings them to the checkpoint's
+        # weights. Attached ones (external_urls) may hold anything (another run's): always synced.
+        if loop is not None or cfg.rollout.learner.external_urls:
+            sync_learner_engines(sync, learner, start - 1, driver.engines.learner if driver else None)
+            if driver:
+                driver.engines.learner.check_weight_versions()
         if resume and driver:  # steps after the checkpoint run again: their old records go
             driver.logger.keep_steps_through(start - 1 if start > 1 else -1)
         if start == 1 and cfg.eval.every_steps and driver:  # the starting point of the eval curve
@@ -99,6 +110,7 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
             step_started = time.perf_counter()
             phases.enter(step, "rollout")  # times itself: rollout and reward apart
             experience, metrics = driver.collect(step) if driver else (None, {})
+            colocation.release()  # before the broadcast, which holds the other ranks until it is done
             batch = _broadcast(experience.batch if driver else None)
 
             with phases.timed(step, "logprobs", metrics):
@@ -119,8 +131,10 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
                 )
                 train_metrics = mean_over_updates([learner.train_step(batch.select(r)) for r in mini_batches])
 
+            colocation.resume_weights()  # the sync writes into the engines' resumed weight memory
             with phases.timed(step, "sync", metrics):
                 result = sync_learner_engines(sync, learner, step, driver.engines.learner if driver else None)
+            colocation.resume_kv_cache()  # the engines can generate again (evaluation, next rollout)
             metrics.update({"sync/gb_per_s": result.gb_per_s, "sync/missed_engines": len(result.missed)})
             metrics["weight_version"] = step
 

@@ -24,6 +24,7 @@ def preflight(cfg: S2LConfig) -> None:
     from megatron_s2l.learner.hf_config import read_qwen3_config
     from megatron_s2l.learner.hf_loader import SafetensorsSource
     from megatron_s2l.learner.parallel import check_parallel_sizes
+    from megatron_s2l.rollout.colocate import colocate_config_errors
     from megatron_s2l.rollout.tokenizer_check import check_same_tokenizer
 
     paths = [("model.learner", cfg.model.learner)]
@@ -61,6 +62,9 @@ def preflight(cfg: S2LConfig) -> None:
             _ = getattr(cfg.rollout, pool).engine.api_key  # the variable it names must be set
         except ValueError as e:
             raise ConfigError(f"rollout.{pool}.engine.{e}") from e
+    colocate_errors = colocate_config_errors(cfg.rollout, sync_transport=cfg.sync.transport)
+    if colocate_errors:
+        raise ConfigError("; ".join(colocate_errors))
     launched = os.environ.get("WORLD_SIZE")
     if launched is not None and int(launched) != cfg.ranks:
         raise ConfigError(f"ranks: the config has {cfg.ranks} learner ranks; the launcher started {launched}")

@@ -67,10 +67,29 @@ class TrainBatch:
     def num_seqs(self) -> int:
         return self.input_ids.shape[0]
 
-    def select(self, rows: slice) -> TrainBatch:
-        """The sub-batch of sequences `rows` (a view; used for DP shards and micro-batches)."""
+    def select(self, rows: slice | torch.Tensor) -> TrainBatch:
+        """The sub-batch of sequences `rows` (a slice gives views; an index tensor, copies)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return TrainBatch(**{k: None if v is None else v[rows] for k, v in values.items()})
+
+    def needed_lengths(self) -> torch.Tensor:
+        """[B] how many leading tokens of each sequence matter: up to the last token that counts in
+        the loss (causal attention: the padding and anything after it never affect those)."""
+        counts_B = self.loss_mask.bool().flip(-1).int().argmax(-1)  # masked columns at the end
+        last_B = self.loss_mask.shape[1] - 1 - counts_B
+        has_loss_B = self.loss_mask.bool().any(-1)
+        return torch.where(has_loss_B, last_B + 2, torch.ones_like(last_B))
+
+    def trim(self, length: int) -> TrainBatch:
+        """The batch cut to its first `length` tokens (views)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {}
+        for name, value in values.items():
+            if value is None or (name == "advantages" and value.ndim == 1):
+                out[name] = value
+            else:
+                out[name] = value[:, : length if name == "input_ids" else length - 1]
+        return TrainBatch(**out)
 
     def to(self, device: torch.device | str) -> TrainBatch:
         values = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -68,6 +68,11 @@ def build_transformer_config(
         params_dtype=params_dtype,
         bf16=bf16,
         pipeline_dtype=params_dtype,
+        # Micro-batches differ in rows and length (trimmed, token budgets): stages exchange shapes.
+        variable_seq_lengths=parallel.pipeline_parallel > 1,
+        # NOTE: a dense model has no MoE dispatcher, but megatron-core 0.16.1 refuses
+        # variable_seq_lengths with the default ("allgather") one whatever the model.
+        moe_token_dispatcher_type="alltoall",
         # Megatron's kernel fusions stay at their defaults (off): they need Apex/TE CUDA kernels.
         use_cpu_initialization=not torch.cuda.is_available(),
         # NOTE: the weights are overwritten from the checkpoint, but megatron-core 0.16.1 marks

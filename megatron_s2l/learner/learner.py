@@ -24,7 +24,7 @@ from megatron_s2l.learner import checkpoint, export, grpo_step
 from megatron_s2l.learner.batch import TrainBatch
 from megatron_s2l.learner.hf_config import build_transformer_config, read_qwen3_config
 from megatron_s2l.learner.hf_loader import load_hf_weights
-from megatron_s2l.learner.model import build_gpt_model
+from megatron_s2l.learner.model import build_gpt_model, return_hidden_states
 from megatron_s2l.learner.optimizer import OptimizerConfig, build_lr_scheduler, build_optimizer
 from megatron_s2l.learner.parallel import ParallelConfig, ParallelLayout, init_distributed
 
@@ -46,6 +46,10 @@ class LearnerConfig:
     max_consecutive_skips: int = 5
     """Stop the run with an error once this many optimizer updates in a row were skipped for a
     non-finite loss or gradient norm (a diverged run); 0 never stops."""
+    fused_output_layer: bool = False
+    """Compute the log-probs from the last stage's hidden states and the output layer's weight, a
+    chunk of tokens at a time (`kernels/fused_linear.py`): the [tokens, vocab / TP] logits are never
+    held whole. Off: the model's logits go to the log-prob kernel."""
     reference_offload: bool = False
     """With the KL loss: keep the frozen reference weights in host memory and move them onto the GPU
     only for the once-per-step reference forward (what a 14B run needs)."""
@@ -112,7 +116,7 @@ class ReferencePolicy:
             model = Float16Module(tf_config, model)
         self.model = model.eval().requires_grad_(False)
         self.arch, self.offload = arch, cfg.reference_offload
-        self.micro_batch_size = cfg.parallel.micro_batch_size
+        self.parallel = cfg.parallel
         self.device = next(model.parameters()).device
         if self.offload:
             self._move(torch.device("cpu"))
@@ -133,7 +137,8 @@ class ReferencePolicy:
                 batch,
                 vocab_size=self.arch.vocab_size,
                 temperatures=[temperature],
-                micro_batch_size=self.micro_batch_size,
+                micro_batch_size=self.parallel.micro_batch_size,
+                max_tokens=self.parallel.max_tokens_per_micro_batch,
             )
         finally:
             if self.offload:
@@ -216,6 +221,8 @@ class Learner:
         policy is loaded beside it (`reference`)."""
         loss = loss or LossConfig()
         policy = load_hf_policy(cfg, hf_dir)
+        if cfg.fused_output_layer:
+            return_hidden_states(policy.model)
         model, optimizer, lr_scheduler = wrap_for_training(cfg, policy.transformer_config, policy.model)
         reference = ReferencePolicy(cfg, policy.arch, hf_dir) if loss.kl_coef > 0 else None
         return cls(
@@ -244,6 +251,8 @@ class Learner:
             vocab_size=self.arch.vocab_size,
             temperatures=temperatures,
             micro_batch_size=self.cfg.parallel.micro_batch_size,
+            max_tokens=self.cfg.parallel.max_tokens_per_micro_batch,
+            fused_output=self.cfg.fused_output_layer,
         )[0]
 
     def compute_logprobs_and_entropy(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,6 +263,8 @@ class Learner:
             vocab_size=self.arch.vocab_size,
             temperatures=[self.temperature],
             micro_batch_size=self.cfg.parallel.micro_batch_size,
+            max_tokens=self.cfg.parallel.max_tokens_per_micro_batch,
+            fused_output=self.cfg.fused_output_layer,
             with_entropy=True,
         )
         return logp_1BT[0], entropy_BT
@@ -277,6 +288,8 @@ class Learner:
             vocab_size=self.arch.vocab_size,
             temperature=self.temperature,
             micro_batch_size=self.cfg.parallel.micro_batch_size,
+            max_tokens=self.cfg.parallel.max_tokens_per_micro_batch,
+            fused_output=self.cfg.fused_output_layer,
         )
         if not metrics["skipped"]:
             self.step += 1

@@ -65,8 +65,10 @@ def _compute(args_dict: dict) -> None:
     sequences = read_sequences(args_dict["input"])
     if max(max(s) for s in sequences) >= arch.vocab_size:
         raise ValueError(f"{args_dict['input']}: a token id is >= the model's vocab size {arch.vocab_size}")
-    # Whole sequences as "prompts": log-probs are returned for every position, no loss is taken.
-    batch = TrainBatch.from_sequences(sequences, [[] for _ in sequences], torch.zeros(len(sequences)))
+    # Log-probs are computed where the loss mask is 1: here every token after the first.
+    batch = TrainBatch.from_sequences(
+        [seq[:1] for seq in sequences], [seq[1:] for seq in sequences], torch.zeros(len(sequences))
+    )
     logprobs_1BT, _ = compute_logprobs(
         model, batch, vocab_size=arch.vocab_size, temperatures=[args_dict["temperature"]], micro_batch_size=1
     )

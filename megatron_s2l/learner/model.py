@@ -70,3 +70,22 @@ def stage_layer_offset(gpt_model: torch.nn.Module) -> int:
     from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
     return get_transformer_layer_offset(gpt_model.config)
+
+
+def return_hidden_states(gpt_model: torch.nn.Module) -> None:
+    """Make the last stage return its final hidden states [b, s, h] instead of logits: the output
+    layer passes them through, and the fused log-prob op multiplies them with its weight
+    (`output_weight`) a chunk at a time (`LearnerConfig.fused_output_layer`)."""
+    if gpt_model.post_process:
+        gpt_model.output_layer.forward = lambda hidden_states, weight=None, runtime_gather_output=None: (
+            hidden_states,
+            None,
+        )
+
+
+def output_weight(gpt_model: torch.nn.Module) -> torch.Tensor:
+    """The [vocab / TP, hidden] weight the last stage's output layer multiplies with: the embedding
+    (or, with PP > 1, its copy on the last stage) for tied models, the layer's own otherwise."""
+    if gpt_model.share_embeddings_and_output_weights:
+        return gpt_model.shared_embedding_or_output_weight()
+    return gpt_model.output_layer.weight

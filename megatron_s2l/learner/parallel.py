@@ -31,7 +31,10 @@ class ParallelConfig:
     pipeline_parallel: int = 1
     """Pipeline-parallel size (splits the layers into equal stages)."""
     micro_batch_size: int = 1
-    """Sequences per micro-batch on each data-parallel rank."""
+    """Sequences per micro-batch on each data-parallel rank (unless `max_tokens_per_micro_batch`)."""
+    max_tokens_per_micro_batch: int | None = None
+    """Form micro-batches by a token budget instead: rows x longest row <= this in training, twice
+    this in the forward-only log-prob passes (no activations kept); None: `micro_batch_size` rows."""
     distributed_optimizer: bool = False
     """Shard optimizer state over data-parallel ranks (Megatron's distributed optimizer)."""
     seed: int = 1234
@@ -43,6 +46,9 @@ class ParallelConfig:
         for name in ("tensor_parallel", "pipeline_parallel", "micro_batch_size", "timeout_minutes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        budget = self.max_tokens_per_micro_batch
+        if budget is not None and budget < 1:
+            raise ValueError(f"max_tokens_per_micro_batch must be >= 1 or null, got {budget}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +111,9 @@ def init_distributed(
             os.environ.setdefault("MASTER_PORT", str(find_free_port()))
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            # SGLang 0.5 sets NCCL_CUMEM_ENABLE=0 in its servers when unset; the weight-sync group
+            # spans both sides and fails ("invalid argument") unless they agree. NCCL reads it once.
+            os.environ.setdefault("NCCL_CUMEM_ENABLE", "0")
         dist.init_process_group(
             "nccl" if use_cuda else "gloo", timeout=timedelta(minutes=cfg.timeout_minutes)
         )

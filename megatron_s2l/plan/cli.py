@@ -95,11 +95,18 @@ def format_learner(plan: LearnerPlan, gpu_mem_gib: float) -> list[str]:
         "optimizer": f"{'fp32 master + ' if bf16 else ''}Adam m, v; {sharding}",
         "reference": reference[s.reference],
         "activations": "full recompute" if s.recompute else "no recompute",
-        "logits": "2 fp32 copies, last stage" if plan.worst_stage == s.pp - 1 else "not on this stage",
+        "logits": (
+            "not on this stage"
+            if plan.worst_stage != s.pp - 1
+            else "one chunk + fp32 weight grad (fused)"
+            if s.fused_output
+            else "one copy, model dtype"
+        ),
     }
     lines = [
-        f"learner {plan.arch}: TP {s.tp} x PP {s.pp} x DP {s.dp}, micro-batch {s.micro_batch_size} x "
-        f"{s.seq_len:,} tokens, {s.micro_batches} micro-batches per update, "
+        f"learner {plan.arch}: TP {s.tp} x PP {s.pp} x DP {s.dp}, micro-batches of up to "
+        f"{s.tokens_per_micro_batch:,} tokens (longest sequence {s.seq_len:,}), "
+        f"{s.micro_batches} micro-batches per update, "
         f"vocab padded to {plan.padded_vocab:,}",
         f"  parameters per GPU: {plan.params_per_gpu:,} "
         f"(by stage: {', '.join(f'{p:,}' for p in plan.params_per_stage)})",

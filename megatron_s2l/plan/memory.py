@@ -22,15 +22,18 @@ master copy: 4 + 4 + 8.
 Activations per micro-batch and layer (Korthikanti et al. 2022, "Reducing Activation Recomputation
 in Large Transformer Models", tensor parallelism without sequence parallelism, as the learner runs):
 s x b x h x (10 + 24/TP) bytes at 16-bit, s = max_prompt_tokens + the longest max_new_tokens
-sampled, b = micro_batch_size. The paper's attention-score term 5as/(h TP) is left out: TE's fused
+sampled, b = micro_batch_size; with `max_tokens_per_micro_batch` s x b is that budget (or one
+longest sequence, if longer). The paper's attention-score term 5as/(h TP) is left out: TE's fused
 (flash) attention of the GPU image keeps no s x s scores. With full recompute (the learner's
 `recompute_activations`) a layer keeps only its bf16 input, 2 x s x b x h, plus, in backward, the
 activations of the one layer being recomputed. Under 1F1B, stage p holds min(PP - p, micro-batches)
 micro-batches in flight.
 
-Logits (last stage, one micro-batch at a time): b x s x padded_vocab/TP x 8 bytes: two fp32 copies,
-since Megatron's Float16Module hands the loss fp32 logits and the log-prob op keeps its rows for
-backward, then writes a gradient of the same size.
+Logits (last stage, one micro-batch at a time): b x s x padded_vocab/TP x the parameter bytes: one
+copy in the model's dtype, which the log-prob op keeps for backward and overwrites with the gradient
+(`learner/grpo_step.py`: no fp32 copy, no slice, `inplace_backward`). With
+`learner.fused_output_layer`: one chunk of logits (`kernels.default_chunk_size`) plus the fp32
+accumulator of the output weight's gradient, vocab/TP x hidden x 4 bytes.
 
 Reference policy (KL loss on): its weights at the parameter dtype on every rank, in the learner's
 layout. With `reference_offload` they live in host memory and visit the GPU for the reference
@@ -53,6 +56,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
 from megatron_s2l.archs import ModelArch
+from megatron_s2l.kernels import default_chunk_size
 from megatron_s2l.learner.hf_config import padded_vocab_size
 from megatron_s2l.learner.parallel import check_parallel_sizes
 
@@ -65,8 +69,6 @@ MAIN_GRAD_BYTES = 4
 """Megatron DDP's gradient buffer is fp32 (`grad_reduce_in_fp32=True` in `wrap_for_training`)."""
 ADAM_STATE_BYTES = 8
 """Adam's fp32 first and second moments."""
-LOGITS_BYTES = 8
-"""Two fp32 copies per logit of the last stage (see the module docstring)."""
 SGLANG_DEFAULT_RESERVE_GIB = 10
 """What SGLang 0.5 leaves outside its static pool at least, on GPUs above 60 GB, when
 mem_fraction_static is unset (`_handle_gpu_memory_settings`)."""
@@ -83,6 +85,8 @@ class LearnerSetup:
     pp: int
     dp: int
     micro_batch_size: int
+    tokens_per_micro_batch: int
+    """Padded tokens of the largest micro-batch: micro_batch_size x seq_len, or the token budget."""
     micro_batches: int
     """Micro-batches per DP rank in one optimizer update (caps the 1F1B micro-batches in flight)."""
     seq_len: int
@@ -92,6 +96,8 @@ class LearnerSetup:
     distributed_optimizer: bool
     recompute: bool
     vocab_pad_multiple: int
+    fused_output: bool
+    """`learner.fused_output_layer`: log-probs from hidden states a chunk of tokens at a time."""
     reference: Reference
     """Where the KL loss's reference weights live; `none` without the KL loss."""
 
@@ -190,6 +196,8 @@ def learner_setup(cfg: S2LConfig, arch: ModelArch) -> LearnerSetup:
     max_new = cfg.rollout.learner_sampling.max_new_tokens
     if cfg.schedule.t_mix > 0:  # explorer samples are trained on too
         max_new = max(max_new, cfg.rollout.explorer_sampling.max_new_tokens)
+    seq_len = cfg.data.max_prompt_tokens + max_new
+    budget = parallel.max_tokens_per_micro_batch
     reference: Reference = "none"
     if cfg.algo.loss.kl_coef > 0:
         reference = "host" if cfg.learner.reference_offload else "gpu"
@@ -198,12 +206,17 @@ def learner_setup(cfg: S2LConfig, arch: ModelArch) -> LearnerSetup:
         pp=parallel.pipeline_parallel,
         dp=dp,
         micro_batch_size=parallel.micro_batch_size,
-        micro_batches=rows // (dp * parallel.micro_batch_size),
-        seq_len=cfg.data.max_prompt_tokens + max_new,
+        tokens_per_micro_batch=(
+            parallel.micro_batch_size * seq_len if budget is None else max(budget, seq_len)
+        ),
+        # With a budget the count depends on the lengths: at most one sequence per micro-batch.
+        micro_batches=rows // dp if budget is not None else rows // (dp * parallel.micro_batch_size),
+        seq_len=seq_len,
         param_bytes=4 if cfg.learner.params_dtype == "float32" else 2,
         distributed_optimizer=parallel.distributed_optimizer,
         recompute=cfg.learner.recompute_activations,
         vocab_pad_multiple=cfg.learner.vocab_pad_multiple,
+        fused_output=cfg.learner.fused_output_layer,
         reference=reference,
     )
 
@@ -229,7 +242,7 @@ def stage_params(arch: ModelArch, tp: int, pp: int, vocab_pad_multiple: int) -> 
 
 def layer_activation_bytes(arch: ModelArch, setup: LearnerSetup) -> float:
     """One layer's stored activations for one micro-batch without recompute (Korthikanti et al.)."""
-    sbh = setup.seq_len * setup.micro_batch_size * arch.hidden_size
+    sbh = setup.tokens_per_micro_batch * arch.hidden_size
     return sbh * (10 + 24 / setup.tp) * setup.param_bytes / 2
 
 
@@ -239,7 +252,7 @@ def stage_activation_bytes(arch: ModelArch, setup: LearnerSetup, stage: int) -> 
     full_layer = layer_activation_bytes(arch, setup)
     if not setup.recompute:
         return in_flight * layers * full_layer
-    layer_input = setup.seq_len * setup.micro_batch_size * arch.hidden_size * setup.param_bytes
+    layer_input = setup.tokens_per_micro_batch * arch.hidden_size * setup.param_bytes
     return in_flight * layers * layer_input + full_layer  # + the layer being recomputed
 
 
@@ -250,7 +263,10 @@ def stage_components(arch: ModelArch, setup: LearnerSetup, params: int, stage: i
     logits = 0.0
     if stage == setup.pp - 1:
         vocab_shard = padded_vocab_size(arch.vocab_size, setup.vocab_pad_multiple, setup.tp) // setup.tp
-        logits = setup.micro_batch_size * setup.seq_len * vocab_shard * LOGITS_BYTES
+        logits = setup.tokens_per_micro_batch * vocab_shard * setup.param_bytes
+        if setup.fused_output:  # one chunk of logits, and the weight gradient's fp32 accumulator
+            chunk = default_chunk_size(setup.tokens_per_micro_batch, arch.hidden_size, vocab_shard)
+            logits = chunk * vocab_shard * setup.param_bytes + vocab_shard * arch.hidden_size * 4
     return {
         "weights": params * setup.param_bytes,
         "grads": params * MAIN_GRAD_BYTES,

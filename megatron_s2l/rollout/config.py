@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,7 +30,7 @@ class EngineConfig:
     host: str = "127.0.0.1"
     """Address the server binds to; loopback unless the engines run on other hosts."""
     port: int = 0
-    """HTTP port; 0 picks a free one."""
+    """HTTP port; 0 picks a free one. With several servers, server i takes port + i."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto` is cuda when this process sees a GPU, else cpu (with the CPU flags and stand-ins)."""
     tp: int = 1
@@ -111,15 +112,30 @@ class EnginePoolConfig:
     """Also start an `sglang-router` in front of the servers (for external clients; the trainer's
     client spreads requests itself so that it can re-send a dead server's requests)."""
     on_failure: Literal["restart", "drop"] = "restart"
-    """`restart` a dead server, or `drop` it while other servers remain (restart the last one)."""
+    """`restart` a dead server, or `drop` it while other servers remain (restart the last one); a
+    server of `external_urls` is waited for instead of restarted (up to engine.startup_timeout_s)."""
+    external_urls: list[str] = field(default_factory=list)
+    """Servers started elsewhere (`s2l serve` on other nodes: see `s2l launch`) to use instead of
+    starting `num_engines` here: each must answer /health and serve this pool's model (same
+    directory name) at `engine.tp`. Learner servers get the learner's weights before the first step."""
 
     def __post_init__(self) -> None:
         if self.num_engines < 1:
             raise ValueError(f"num_engines must be >= 1, got {self.num_engines}")
         if self.on_failure not in ("restart", "drop"):
             raise ValueError(f"on_failure must be 'restart' or 'drop', got {self.on_failure!r}")
-        if self.num_engines > 1 and self.engine.port != 0:
-            raise ValueError("engine.port must be 0 (auto) when num_engines > 1")
+        for url in self.external_urls:
+            if not re.fullmatch(r"https?://[^/\s:]+(:\d+)?/?", url):
+                raise ValueError(f"external_urls: {url!r} is not an http(s)://host[:port] URL")
+        if self.external_urls:
+            if self.num_engines not in (1, len(self.external_urls)):
+                raise ValueError(
+                    f"num_engines ({self.num_engines}) disagrees with the {len(self.external_urls)} "
+                    "external_urls (leave it at 1: the URLs say how many servers there are)"
+                )
+            if self.use_router:
+                raise ValueError("use_router starts a router here: it cannot front external_urls")
+            self.num_engines = len(self.external_urls)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -166,3 +182,17 @@ class RolloutConfig:
     frozen: same samples, same seeds, at most one step ahead)."""
     log_dir: str | None = None
     """Where each server's log file goes; None: the run directory's `engine-logs/`."""
+    colocate: bool = False
+    """Run the learner engines on the learner ranks' own GPUs (engines of TP t take t of them), as
+    the paper's authors did on one 8-GPU node: they start with SGLang's memory saver, release their
+    KV cache and weights after each rollout, take the weights back before the weight sync and the KV
+    cache after it (docs/rollout.md, "Colocated mode"). The explorer is never colocated: it gets GPUs
+    of its own beside the learner's (an error when none are left: use `explorer_cache_path` or
+    `explorer.external_urls`). GPU only; needs `sync.transport` tensor or disk."""
+
+    def __post_init__(self) -> None:
+        if self.colocate and self.learner.external_urls:
+            raise ValueError(
+                "colocate: the learner engines must be started here, on the learner's GPUs; "
+                "rollout.learner.external_urls attaches servers started elsewhere"
+            )

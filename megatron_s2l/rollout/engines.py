@@ -13,20 +13,57 @@ that has to wait.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 from megatron_s2l.rollout.client import RolloutClient
-from megatron_s2l.rollout.config import RolloutConfig
+from megatron_s2l.rollout.colocate import colocate_config_errors, colocated_pool
+from megatron_s2l.rollout.config import EnginePoolConfig, RolloutConfig
 from megatron_s2l.rollout.explorer_cache import ExplorerCache
 from megatron_s2l.rollout.loop_thread import LoopThread
-from megatron_s2l.rollout.placement import plan_cpu_cores
+from megatron_s2l.rollout.placement import plan_cpu_cores, plan_engine_gpus, visible_gpus
 from megatron_s2l.rollout.pool import EnginePool
 from megatron_s2l.rollout.sampler import S2LGroupSampler
 from megatron_s2l.rollout.tokenizer_check import check_same_tokenizer
 
 T = TypeVar("T")
+
+
+def _learner_gpus() -> tuple[list[str], int]:
+    """This node's visible GPUs and how many of them its learner ranks use (local rank i: GPU i)."""
+    learner_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return visible_gpus(), learner_ranks
+
+
+def _gpus_beside_the_learner(pools: list[EnginePoolConfig]) -> list[list[list[str]]]:
+    """GPUs for engines started on the driver's node: those after the learner ranks' (local rank i
+    uses GPU i), so that no engine shares a GPU with a learner rank."""
+    if not pools:
+        return []
+    gpus, learner_ranks = _learner_gpus()
+    try:
+        return plan_engine_gpus([[pool.engine.tp] * pool.num_engines for pool in pools], gpus[learner_ranks:])
+    except ValueError as error:
+        raise ValueError(
+            f"rollout: {error}: this node has {len(gpus)} GPUs and {learner_ranks} learner ranks use the "
+            "first of them; start the engines on other nodes with `s2l serve` and list them in "
+            "rollout.<pool>.external_urls (`s2l launch --dry-run` prints the commands)"
+        ) from error
+
+
+def _gpus_of_the_learner(pool: EnginePoolConfig) -> list[list[str]]:
+    """GPUs for colocated learner engines (rollout.colocate): the learner ranks' own, engine i of TP
+    t on the next t of them, so each engine shares its GPUs with learner ranks only."""
+    gpus, learner_ranks = _learner_gpus()
+    try:
+        return plan_engine_gpus([[pool.engine.tp] * pool.num_engines], gpus[:learner_ranks])[0]
+    except ValueError as error:
+        raise ValueError(
+            f"rollout.colocate: {error}: colocated learner engines share the GPUs of this node's "
+            f"{learner_ranks} learner ranks, so num_engines x tp must not exceed {learner_ranks}"
+        ) from error
 
 
 class RolloutEngines:
@@ -41,16 +78,38 @@ class RolloutEngines:
             raise ValueError("rollout.log_dir is unset (a run places it in its directory: RunDir.resolve)")
         log_dir = Path(config.log_dir)
         live_explorer = explorer_model is not None and config.explorer_cache_path is None
+        learner_pool = config.learner
+        if config.colocate:
+            errors = colocate_config_errors(config)  # before a server that cannot work starts
+            if errors:
+                raise ValueError("; ".join(errors))
+            learner_pool = colocated_pool(config.learner)
+        pools = {"learner": learner_pool, **({"explorer": config.explorer} if live_explorer else {})}
+        local = {name: pool for name, pool in pools.items() if not pool.external_urls}
         # CPU engines of the run get disjoint cores (placement.py: they would thrash otherwise).
-        pools = {"learner": config.learner, **({"explorer": config.explorer} if live_explorer else {})}
-        on_cpu = [name for name, pool in pools.items() if pool.engine.resolved_device() == "cpu"]
-        cores = dict(zip(on_cpu, plan_cpu_cores([pools[name].num_engines for name in on_cpu]), strict=True))
+        on_cpu = [name for name, pool in local.items() if pool.engine.resolved_device() == "cpu"]
+        cores = dict(zip(on_cpu, plan_cpu_cores([local[name].num_engines for name in on_cpu]), strict=True))
+        # GPU engines get GPUs of their own after the learner ranks'; colocated learner engines take
+        # the learner ranks' GPUs instead (the explorer is never colocated).
+        colocated = config.colocate and "learner" not in on_cpu
+        gpus = {"learner": _gpus_of_the_learner(learner_pool)} if colocated else {}
+        on_gpu = [name for name in local if name not in on_cpu and name not in gpus]
+        gpus |= dict(zip(on_gpu, _gpus_beside_the_learner([local[name] for name in on_gpu]), strict=True))
         self.explorer = (
-            EnginePool("explorer", explorer_model, config.explorer, log_dir, cores.get("explorer"))
+            EnginePool(
+                "explorer",
+                explorer_model,
+                config.explorer,
+                log_dir,
+                cores.get("explorer"),
+                gpus.get("explorer"),
+            )
             if live_explorer
             else None
         )
-        self.learner = EnginePool("learner", learner_model, config.learner, log_dir, cores.get("learner"))
+        self.learner = EnginePool(
+            "learner", learner_model, learner_pool, log_dir, cores.get("learner"), gpus.get("learner")
+        )
         self.startup_seconds: dict[str, list[float]] = {}
         self._runner: asyncio.Runner | None = None
         self.explorer_loop = LoopThread("s2l-explorer") if self.explorer is not None else None

@@ -24,6 +24,16 @@ def http_get_ok(url: str, api_key: str | None = None, timeout_s: float = 5.0) ->
         return False
 
 
+def http_get_json(url: str, api_key: str | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
+    """GET `url` and decode its JSON answer; raise EngineRequestError on any failure."""
+    try:
+        response = httpx.get(url, headers=bearer(api_key), timeout=timeout_s)
+        response.raise_for_status()
+        return response.json()
+    except (httpx.HTTPError, ValueError) as error:
+        raise EngineRequestError(f"GET {url}: {type(error).__name__}: {error}") from error
+
+
 def async_session(api_key: str | None, timeout_s: float) -> httpx.AsyncClient:
     """The async client of one batch of requests; no connection cap (the rollout client bounds its
     requests in flight itself)."""
@@ -55,7 +65,7 @@ class EngineEndpoint:
             raise EngineRequestError(f"{self.url}{path}: {type(error).__name__}: {error}") from error
         body: dict[str, Any] = {}
         if response.headers.get("content-type", "").startswith("application/json"):
-            body = response.json() if response.content else {}
+            body = (response.json() if response.content else None) or {}  # some answer `null`
         if response.status_code != 200 or body.get("success") is False:
             raise EngineRequestError(
                 f"{self.url}{path} answered {response.status_code}: {response.text[:500]}"

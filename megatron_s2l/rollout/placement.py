@@ -37,3 +37,29 @@ def plan_cpu_cores(engines_per_pool: list[int], cores: list[int] | None = None) 
         plan.append(sets[first : first + count])
         first += count
     return plan
+
+
+def visible_gpus() -> list[str]:
+    """This process's GPUs by the ids a child's CUDA_VISIBLE_DEVICES takes (indices or UUIDs)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [gpu.strip() for gpu in visible.split(",") if gpu.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def plan_engine_gpus(engine_tps: list[list[int]], gpus: list[str]) -> list[list[list[str]]]:
+    """GPUs of every engine of every pool (`engine_tps[pool][engine]` = its TP size): consecutive
+    blocks of `gpus`, in pool order, none shared. Raises ValueError when they do not fit."""
+    needed = sum(sum(pool) for pool in engine_tps)
+    if needed > len(gpus):
+        raise ValueError(f"the engines need {needed} GPUs, {len(gpus)} are free for them ({gpus})")
+    plan, first = [], 0
+    for pool in engine_tps:
+        blocks = []
+        for tp in pool:
+            blocks.append(gpus[first : first + tp])
+            first += tp
+        plan.append(blocks)
+    return plan

@@ -2,7 +2,8 @@
 
 The client asks the pool for the least busy live server; when a request to a server fails, the pool
 decides once per failure whether that server is dead or hung (process gone, or /health silent), and
-then drops it (if others remain and dropping is allowed) or restarts it. A restarted learner server
+then drops it (if others remain and dropping is allowed) or restarts it (a server started elsewhere,
+`external_urls`, is waited for instead). A restarted learner server
 comes back with the weights of its model path, not the latest synced ones: the pool marks it stale
 (its records then carry the old weight version, which the sampler counts in the metrics) until the
 next weight sync reaches it.
@@ -15,7 +16,8 @@ import logging
 from pathlib import Path
 
 from megatron_s2l.rollout.config import EnginePoolConfig
-from megatron_s2l.rollout.server import EngineServer, RouterServer
+from megatron_s2l.rollout.http import http_get_json
+from megatron_s2l.rollout.server import EngineServer, ExternalServer, RouterServer, Server
 
 logger = logging.getLogger(__name__)
 
@@ -30,20 +32,32 @@ class EnginePool:
         config: EnginePoolConfig,
         log_dir: str | Path,
         cpu_cores: list[frozenset[int]] | None = None,
+        gpu_ids: list[list[str]] | None = None,
     ) -> None:
-        """`cpu_cores`: the cores of each server on CPU (`megatron_s2l.rollout.placement`); None: all."""
+        """`cpu_cores` / `gpu_ids`: each server's cores on CPU, GPUs on CUDA
+        (`megatron_s2l.rollout.placement`); None: all it sees. With `config.external_urls` the pool
+        attaches to those servers instead of starting its own."""
         self.name, self.model_path, self.config = name, str(model_path), config
         self.log_dir = Path(log_dir)
-        self.servers: list[EngineServer] = [
-            EngineServer(
-                model_path,
-                config.engine,
-                self.log_dir / f"{name}{i}.log",
-                name=f"{name}{i}",
-                cpu_cores=cpu_cores[i] if cpu_cores else None,
-            )
-            for i in range(config.num_engines)
-        ]
+        self.servers: list[Server] = (
+            [
+                ExternalServer(url, model_path, config.engine, name=f"{name}{i}")
+                for i, url in enumerate(config.external_urls)
+            ]
+            if config.external_urls
+            else [
+                EngineServer(
+                    model_path,
+                    config.engine,
+                    self.log_dir / f"{name}{i}.log",
+                    name=f"{name}{i}",
+                    port=config.engine.port and config.engine.port + i,
+                    cpu_cores=cpu_cores[i] if cpu_cores else None,
+                    gpu_ids=gpu_ids[i] if gpu_ids else None,
+                )
+                for i in range(config.num_engines)
+            ]
+        )
         self.router: RouterServer | None = None
         self.in_flight: dict[str, int] = {}
         self.weight_version: str = "default"
@@ -77,7 +91,7 @@ class EnginePool:
             raise
         return seconds
 
-    def _register(self, server: EngineServer) -> None:
+    def _register(self, server: Server) -> None:
         self.in_flight.setdefault(server.url, 0)
         self._generation[server.url] = self._generation.get(server.url, -1) + 1
 
@@ -94,14 +108,25 @@ class EnginePool:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def pick(self) -> tuple[EngineServer, int]:
+    def check_weight_versions(self) -> None:
+        """Raise unless every server reports the pool's weight version (call after a sync): a server
+        that another trainer also syncs, or one that missed the sync, shows here."""
+        for server in self.servers:
+            reported = http_get_json(server.url + "/model_info", server.api_key).get("weight_version")
+            if str(reported) != self.weight_version:
+                raise RuntimeError(
+                    f"pool {self.name}: {server.name} ({server.url}) reports weight version {reported!r} "
+                    f"after the sync to {self.weight_version!r} (does another run sync the same servers?)"
+                )
+
+    def pick(self) -> tuple[Server, int]:
         """The live server with the fewest requests in flight, and its generation (restart count)."""
         if not self.servers:
             raise RuntimeError(f"pool {self.name} has no servers left")
         server = min(self.servers, key=lambda s: self.in_flight[s.url])
         return server, self._generation[server.url]
 
-    async def handle_failure(self, server: EngineServer, generation: int, error: BaseException) -> None:
+    async def handle_failure(self, server: Server, generation: int, error: BaseException) -> None:
         """After a failed request on `server` (as of `generation`): restart or drop it if it is down."""
         lock = self._locks.setdefault(server.url, asyncio.Lock())
         async with lock:

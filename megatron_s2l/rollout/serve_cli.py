@@ -1,9 +1,12 @@
 """`s2l serve`: start SGLang server(s) for one model, as the trainer would, and keep them up.
 
     s2l serve --model HF_DIR [--port P] [--tp N] [--num-engines N --router] [--api-key-env VAR]
+              [--gpus 0,1,2,3]
 
-On CPU the CPU flags, float32 and the stand-ins of megatron_s2l/rollout/cpu_shims are applied (see
-server.py). Prints each server's URL (and the router's) once healthy; Ctrl-C or SIGTERM stops them
+Server i listens on port P + i (P = 0: free ports) and, on GPUs, runs on its own `--tp` GPUs, taken
+in order from `--gpus` (default: every GPU this process sees). On CPU the CPU flags, float32 and the
+stand-ins of megatron_s2l/rollout/cpu_shims are applied (see server.py), each server on its own cores.
+Prints each server's URL (and the router's) once healthy; Ctrl-C or SIGTERM stops them
 all by their own process groups.
 """
 
@@ -14,17 +17,19 @@ import signal
 import threading
 
 from megatron_s2l.rollout.config import EngineConfig, EnginePoolConfig
+from megatron_s2l.rollout.placement import plan_cpu_cores, plan_engine_gpus, visible_gpus
 from megatron_s2l.rollout.pool import EnginePool
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
-    parser.add_argument("--port", type=int, default=0, help="HTTP port (0: pick a free one)")
+    parser.add_argument("--port", type=int, default=0, help="HTTP port of server 0, i: port + i (0: free)")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size per server")
     parser.add_argument("--num-engines", type=int, default=1, help="servers to start")
     parser.add_argument("--router", action="store_true", help="also start sglang-router in front")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--gpus", default=None, help="comma-separated GPU ids to use (default: all visible)")
     parser.add_argument("--dtype", default="auto", help="SGLang --dtype (auto: float32 on CPU)")
     parser.add_argument(
         "--api-key-env", default="", metavar="VAR", help="environment variable holding the API key"
@@ -49,12 +54,14 @@ def run(args: argparse.Namespace) -> int:
         context_length=args.context_length,
         extra_args=list(args.extra),
     )
-    pool = EnginePool(
-        "serve",
-        args.model,
-        EnginePoolConfig(num_engines=args.num_engines, engine=engine, use_router=args.router),
-        args.log_dir,
-    )
+    config = EnginePoolConfig(num_engines=args.num_engines, engine=engine, use_router=args.router)
+    cores = gpus = None
+    if engine.resolved_device() == "cpu":
+        cores = plan_cpu_cores([args.num_engines])[0]
+    else:
+        visible = args.gpus.split(",") if args.gpus else visible_gpus()
+        gpus = plan_engine_gpus([[args.tp] * args.num_engines], visible)[0]
+    pool = EnginePool("serve", args.model, config, args.log_dir, cores, gpus)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -62,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
         seconds = pool.start()
         for server, took in zip(pool.servers, seconds, strict=True):
             log = server.process.log_path
-            print(f"{server.name}: {server.url} (pid {server.pid}, healthy after {took:.1f} s, log {log})")
+            where = f", GPUs {','.join(server.gpu_ids)}" if server.gpu_ids else ""
+            print(
+                f"{server.name}: {server.url} (pid {server.pid}{where}, healthy after {took:.1f} s, "
+                f"log {log})"
+            )
         if pool.router is not None:
             print(f"router: {pool.router.url} (pid {pool.router.pid})")
         print("serving; Ctrl-C stops", flush=True)

@@ -32,7 +32,7 @@ from typing import Literal
 
 from megatron_s2l.net import find_free_port, port_is_free
 from megatron_s2l.rollout.config import EngineConfig
-from megatron_s2l.rollout.http import http_get_ok
+from megatron_s2l.rollout.http import http_get_json, http_get_ok
 
 CPU_SHIMS_DIR = Path(__file__).with_name("cpu_shims")
 # NOTE: PyPI's torchvision (needed by SGLang's imports) breaks `transformers` in any process that
@@ -74,10 +74,14 @@ def build_server_env(
     device: Literal["cpu", "cuda"],
     site_dirs: list[str] | None = None,
     cpu_cores: frozenset[int] | None = None,
+    gpu_ids: list[str] | None = None,
 ) -> dict[str, str]:
     """A server child's environment: on CPU, the CPU engine switch and the stand-ins on PYTHONPATH,
-    and as many OpenMP threads as it has cores when it is given its own (`cpu_cores`)."""
+    and as many OpenMP threads as it has cores when it is given its own (`cpu_cores`); on CUDA, only
+    its own GPUs visible (`gpu_ids`, physical ids: SGLang takes the first GPUs it sees)."""
     env = dict(os.environ)
+    if device == "cuda" and gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
     paths = list(site_dirs or [])
     if device == "cpu":
         env["SGLANG_USE_CPU_ENGINE"] = "1"  # without it SGLang's CPU path imports vllm
@@ -266,12 +270,17 @@ class EngineServer(_HttpProcess):
         config: EngineConfig,
         log_path: str | Path,
         name: str = "",
+        port: int = 0,
         cpu_cores: frozenset[int] | None = None,
+        gpu_ids: list[str] | None = None,
     ) -> None:
+        """`port`: 0 takes `config.port` (0 there too: a free one). `cpu_cores` (CPU) / `gpu_ids`
+        (CUDA): the server's own."""
         self.model_path = str(model_path)
         self.config = config
         self.host, self.api_key = config.host, config.api_key
-        self.port = config.port or find_free_port(config.host)
+        self.port = port or config.port or find_free_port(config.host)
+        self.gpu_ids = gpu_ids
         self.startup_timeout_s, self.stop_timeout_s = config.startup_timeout_s, config.stop_timeout_s
         self.name = name or f"sglang[{Path(self.model_path).name}:{self.port}]"
         cmd = build_server_command(self.model_path, config, self.port)
@@ -279,7 +288,11 @@ class EngineServer(_HttpProcess):
             check_cpu_server_site(config.server_site_dirs)
         device = config.resolved_device()
         cpu_cores = cpu_cores if device == "cpu" else None
-        env = build_server_env(device, config.server_site_dirs, cpu_cores)
+        env = build_server_env(device, config.server_site_dirs, cpu_cores, gpu_ids)
+        if "--enable-memory-saver" in cmd:
+            # SGLang's /health generates one token by default; on a server that has released its
+            # memory (colocated mode: megatron_s2l.rollout.colocate) that would run on unmapped memory.
+            env["SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION"] = "false"
         self.process = ManagedProcess(self.name, cmd, env, log_path, cpu_cores)
 
     def restart(self) -> float:
@@ -318,3 +331,58 @@ class RouterServer(_HttpProcess):
         # The router imports SGLang's Python side too, which needs the same stand-ins on CPU.
         env = build_server_env(device)
         self.process = ManagedProcess(self.name, cmd, env, log_path)
+
+
+class ExternalServer:
+    """A server started elsewhere (`s2l serve` on another node, or a router in front of several):
+    attached by URL, health-checked, never started or stopped from here. `restart` waits for it to
+    come back (whatever runs it restarts it) instead of starting it."""
+
+    def __init__(self, url: str, model_path: str | Path, config: EngineConfig, name: str) -> None:
+        self.url, self.model_path, self.config, self.name = url.rstrip("/"), str(model_path), config, name
+        self.api_key = config.api_key
+        self.pid: int | None = None
+
+    def start(self) -> float:
+        """Wait until healthy, then check that it serves this pool's model at this pool's TP size;
+        returns the seconds waited."""
+        started = time.monotonic()
+        self.wait_healthy(self.config.startup_timeout_s)
+        info = http_get_json(self.url + "/model_info", self.api_key)
+        served = Path(str(info.get("model_path", ""))).name
+        if served != Path(self.model_path).name:
+            raise ValueError(
+                f"{self.name} ({self.url}) serves {info.get('model_path')!r}, not {self.model_path!r} "
+                "(the servers are compared by the model directory's name: are two pools' URLs swapped?)"
+            )
+        tp = http_get_json(self.url + "/server_info", self.api_key).get("tp_size", self.config.tp)
+        if tp != self.config.tp:
+            raise ValueError(
+                f"{self.name} ({self.url}) runs at TP {tp}, the config says engine.tp = {self.config.tp} "
+                "(the weight sync's group sizes follow the config)"
+            )
+        return time.monotonic() - started
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.is_healthy():
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.name}: no healthy server at {self.url} after {timeout_s:.0f} s "
+                    "(it is started elsewhere: check that process, the address and the API key)"
+                )
+            time.sleep(1.0)
+
+    def is_healthy(self, timeout_s: float = 5.0) -> bool:
+        return http_get_ok(self.url + "/health", self.api_key, timeout_s)
+
+    def restart(self) -> float:
+        """Wait for the server to answer again (it comes back with its model path's weights)."""
+        return self.start()
+
+    def stop(self) -> None:
+        """Not ours to stop."""
+
+
+Server = EngineServer | ExternalServer
+"""A pool's server: started here, or attached by URL."""

@@ -66,13 +66,18 @@ class Driver:
         cfg, sched, algo = self.cfg, self.cfg.schedule, self.cfg.algo
         samples = sched.prompts_per_step * sched.group_size
         per_update = (algo.ppo_mini_batch_prompts or sched.prompts_per_step) * sched.group_size
-        micro = cfg.learner.parallel.micro_batch_size
+        micro, budget = cfg.learner.parallel.micro_batch_size, cfg.learner.parallel.max_tokens_per_micro_batch
+        micro_batching = (
+            f"{per_update // (layout.dp * micro)} micro-batches of {micro}"
+            if budget is None
+            else f"micro-batches of up to {budget:,} tokens"
+        )
         lines = [
             f"run directory {self.run.root}",
             f"learner ranks {layout.world_size} = TP {layout.tp} x PP {layout.pp} x DP {layout.dp}",
             f"per step: {sched.prompts_per_step} prompts x G {sched.group_size} = {samples} samples; "
             f"{algo.updates_per_step(sched.prompts_per_step)} optimizer updates of {per_update} samples "
-            f"({per_update // (layout.dp * micro)} micro-batches of {micro} per DP rank each)",
+            f"({micro_batching} per DP rank each)",
             f"schedule: {sched.steps} steps, explorer share annealed over T_mix = {sched.t_mix}; "
             f"{len(self.train_set)} training prompts ({len(self.train_set) / sched.prompts_per_step:.1f} "
             "steps per epoch)",

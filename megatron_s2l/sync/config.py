@@ -24,8 +24,9 @@ class SyncConfig:
     keeps them and their old-weight KV cache (no flush: faster, slightly off-policy)."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """Broadcast backend of the distributed transport; auto: nccl for CUDA tensors, gloo on CPU."""
-    master_address: str = "127.0.0.1"
-    """Address of the sending rank that the engines connect to (distributed transport)."""
+    master_address: str = "auto"
+    """Address of the sending rank that the engines connect to (distributed transport); `auto`: each
+    sender's own address on the route to the engines (127.0.0.1 for engines on this machine)."""
     disk_dir: str | None = None
     """Directory of the disk transport (visible to the engines; only the latest version is kept);
     None: the run directory's `weight-sync/`, which no other run shares."""

@@ -24,11 +24,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 import torch.distributed as dist
 
-from megatron_s2l.net import find_free_port
+from megatron_s2l.net import address_towards, find_free_port
 from megatron_s2l.rollout.http import EngineEndpoint, EngineRequestError
 from megatron_s2l.sync.buckets import Bucket
 
@@ -182,6 +183,14 @@ class DistributedTransport(Transport):
             return self.backend
         return "nccl" if tensor.is_cuda else "gloo"
 
+    def connect(self, endpoints: list[EngineEndpoint]) -> None:
+        """Create the broadcast group with `endpoints` now instead of at the first send (the learner's
+        tensors are on the GPU when there is one)."""
+        on_gpu = torch.cuda.is_available()
+        self._ensure_group(
+            endpoints, self.backend if self.backend != "auto" else "nccl" if on_gpu else "gloo"
+        )
+
     def _ensure_group(self, endpoints: list[EngineEndpoint], backend: str) -> None:
         members = tuple(e.url for e in endpoints)
         if self._group is not None and members == self._members:
@@ -191,17 +200,25 @@ class DistributedTransport(Transport):
 
         # Unique per process and try: torch keeps the names of groups abandoned after a failure.
         group_name = f"s2l_weights_stage{self.stage}_{uuid.uuid4().hex[:12]}"
-        port = find_free_port(self.master_address)
+        master_address = self.master_address
+        if master_address == "auto":  # every engine must reach it: the route to the first one
+            master_address = address_towards(urlsplit(endpoints[0].url).hostname or "127.0.0.1")
+        port = find_free_port(master_address)
         world_size = 1 + sum(e.tp for e in endpoints)
         offsets = [1 + sum(e.tp for e in endpoints[:i]) for i in range(len(endpoints))]
         group: list[dist.ProcessGroup] = []
 
         def join_as_sender() -> None:
+            timeout = datetime.timedelta(seconds=self.timeout_s)
+            # The sender serves the group's store itself: a `tcp://` init method would, under
+            # torchrun (TORCHELASTIC_USE_AGENT_STORE), only connect to a store nobody serves. The
+            # engines join with `tcp://` and prefix the keys with the group name, as here.
+            store = dist.TCPStore(master_address, port, world_size, is_master=True, timeout=timeout)
             group.append(
                 init_custom_process_group(
                     backend=backend,
-                    init_method=f"tcp://{self.master_address}:{port}",
-                    timeout=datetime.timedelta(seconds=self.timeout_s),
+                    store=dist.PrefixStore(group_name, store),
+                    timeout=timeout,
                     world_size=world_size,
                     rank=0,
                     group_name=group_name,
@@ -210,7 +227,7 @@ class DistributedTransport(Transport):
 
         def init_engine(endpoint: EngineEndpoint, offset: int) -> None:
             payload = {
-                "master_address": self.master_address,
+                "master_address": master_address,
                 "master_port": port,
                 "rank_offset": offset,
                 "world_size": world_size,

@@ -24,6 +24,7 @@ and the caller keeps the pool's weight versions (`megatron_s2l.train.sync_learne
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -116,7 +117,7 @@ class WeightSync:
             raise ValueError("the controller needs the learner engines' endpoints")
         self.config, self.endpoints = config, list(endpoints)
         self.is_sender, self.is_controller = is_sender, is_controller
-        self.num_stages = num_stages
+        self.stage, self.num_stages = stage, num_stages
         self.manifest = manifest
         """{hf_name: shape} the engines serve; every tensor sent is checked against it (None: no check)."""
         self.transport = build_transport(config, stage) if is_sender or is_controller else None
@@ -142,6 +143,7 @@ class WeightSync:
             if self.is_controller:
                 error = _capture(lambda: self._prepare_engines(endpoints))
             _raise_if_any_rank_failed(error, "pausing the engines")  # nothing exported yet
+            self._connect_stages_in_order(endpoints)
             if self.is_sender:
                 error = _capture(lambda: self._send_all(tensors, endpoints, version, result))
             for _ in tensors:  # the export is collective: every rank drives it to the end, even on failure
@@ -160,6 +162,19 @@ class WeightSync:
         result.missed = [e.url for e in self.endpoints if e not in endpoints]
         result.seconds = time.perf_counter() - started
         return result
+
+    def _connect_stages_in_order(self, endpoints: list[EngineEndpoint]) -> None:
+        """With PP > 1, the stages' senders create their broadcast groups with the engines one
+        stage after another, in PP order (engines asked to join two groups at once can deadlock:
+        slime saw it with PP > 1 and several engines). A no-op once the groups exist."""
+        if self.config.transport != "distributed" or self.num_stages == 1:  # the same on every rank
+            return
+        for stage in range(self.num_stages):
+            error = None
+            transport = self.transport
+            if self.is_sender and self.stage == stage and isinstance(transport, DistributedTransport):
+                error = _capture(functools.partial(transport.connect, endpoints))
+            _raise_if_any_rank_failed(error, f"creating stage {stage}'s weight-sync group")
 
     def _send_all(
         self,

@@ -52,7 +52,7 @@ def test_8b_at_tp2_parameters_and_fit(capsys: pytest.CaptureFixture[str]) -> Non
     # DESIGN.md: 8B at TP 2, DP 4 ~34 GiB before activations: 4,096,046,080 x (6 + 12/4) bytes
     assert state_gib(learner) == pytest.approx(PARAMS_8B_TP2 * 9 / GIB) == pytest.approx(34.33, abs=0.01)
     assert learner["total_gib"] == pytest.approx(sum(learner["gib"].values()))
-    assert out["gpus"] == {"learner": 8, "engines": 4 * 2 + 2 * 1, "total": 18}
+    assert out["gpus"] == {"learner": 8, "engines": 3 * 2 + 2 * 1, "total": 16}
     assert any("bundled qwen3-8b" in note for note in out["notes"])  # /models/... is absent here
 
 
@@ -62,9 +62,29 @@ def test_activation_and_logit_terms(capsys: pytest.CaptureFixture[str]) -> None:
     s, b, h = 2048 + 8192, 2, 4096  # max_prompt_tokens + max_new_tokens; micro-batch; hidden
     # full recompute: 36 bf16 layer inputs + one layer recomputed (Korthikanti: sbh x (10 + 24/TP))
     assert gib["activations"] * GIB == pytest.approx(36 * 2 * s * b * h + s * b * h * (10 + 24 / 2))
-    assert gib["logits"] * GIB == pytest.approx(b * s * 76_032 * 8)  # two fp32 copies of V/TP
+    assert gib["logits"] * GIB == pytest.approx(b * s * 76_032 * 2)  # one bf16 copy of V/TP
     _, out = plan(capsys, CONFIG_8B, "learner.recompute_activations=false")
     assert out["learner"]["gib"]["activations"] * GIB == pytest.approx(36 * s * b * h * (10 + 24 / 2))
+    # A token budget bounds the micro-batch's tokens instead (never below one longest sequence).
+    for budget, tokens in ((16_384, 16_384), (4_096, s)):
+        _, out = plan(capsys, CONFIG_8B, f"learner.parallel.max_tokens_per_micro_batch={budget}")
+        assert out["learner"]["gib"]["logits"] * GIB == pytest.approx(tokens * 76_032 * 2)
+        assert out["learner"]["gib"]["activations"] * GIB == pytest.approx(
+            36 * 2 * tokens * h + tokens * h * (10 + 24 / 2)
+        )
+
+
+def test_fused_output_layer_plans_one_chunk_of_logits(capsys: pytest.CaptureFixture[str]) -> None:
+    from megatron_s2l.kernels import default_chunk_size
+
+    _, plain = plan(capsys, CONFIG_8B)
+    _, fused = plan(capsys, CONFIG_8B, "learner.fused_output_layer=true")
+    tokens = plain["learner"]["setup"]["tokens_per_micro_batch"]
+    chunk = default_chunk_size(tokens, 4096, 76_032)
+    assert 0 < chunk < tokens
+    # one bf16 chunk of logits + the fp32 accumulator of the [V/TP, H] weight gradient
+    assert fused["learner"]["gib"]["logits"] * GIB == pytest.approx(chunk * 76_032 * 2 + 76_032 * 4096 * 4)
+    assert fused["learner"]["total_gib"] < plain["learner"]["total_gib"]
 
 
 def test_14b_at_tp1_dp8_does_not_fit(capsys: pytest.CaptureFixture[str]) -> None:

@@ -89,11 +89,111 @@ def test_api_key_comes_from_the_environment_and_never_enters_the_config(monkeypa
     assert "s3cret-value" not in repr(to_dict(engine)) and "s3cret-value" not in repr(engine)
 
 
-def test_pool_config_rejects_fixed_port_for_several_engines() -> None:
-    with pytest.raises(ValueError, match=r"engine\.port"):
-        EnginePoolConfig(num_engines=2, engine=EngineConfig(port=30000))
+def test_pool_config_validation_and_consecutive_ports(tmp_path) -> None:
+    from megatron_s2l.rollout.pool import EnginePool
+
     with pytest.raises(ValueError, match="on_failure"):
         EnginePoolConfig(on_failure="ignore")
+    engine = EngineConfig(device="cuda", port=30000)
+    pool = EnginePool("learner", tmp_path / "m", EnginePoolConfig(num_engines=3, engine=engine), tmp_path)
+    assert [server.port for server in pool.servers] == [30000, 30001, 30002]
+
+
+def test_external_urls_replace_the_servers_and_are_validated(tmp_path) -> None:
+    from megatron_s2l.rollout.pool import EnginePool
+    from megatron_s2l.rollout.server import ExternalServer
+
+    urls = ["http://node1:30000", "http://10.0.0.2:30001/"]
+    config = EnginePoolConfig(external_urls=urls)
+    assert config.num_engines == 2
+    pool = EnginePool("learner", tmp_path / "m", config, tmp_path)
+    assert all(isinstance(s, ExternalServer) for s in pool.servers)
+    assert pool.urls == ["http://node1:30000", "http://10.0.0.2:30001"]
+    pool.stop()  # not ours to stop: a no-op
+    for bad, match in (
+        ({"external_urls": ["node1:30000"]}, "not an http"),
+        ({"external_urls": urls, "num_engines": 3}, "disagrees"),
+        ({"external_urls": urls, "use_router": True}, "use_router"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            EnginePoolConfig(**bad)
+
+
+def test_engine_gpus_never_overlap_and_skip_the_learners(monkeypatch, tmp_path) -> None:
+    from megatron_s2l.rollout.config import RolloutConfig
+    from megatron_s2l.rollout.engines import RolloutEngines
+    from megatron_s2l.rollout.placement import plan_engine_gpus
+
+    gpus = [str(i) for i in range(8)]
+    assert plan_engine_gpus([[2, 2], [1, 1, 1]], gpus) == [[["0", "1"], ["2", "3"]], [["4"], ["5"], ["6"]]]
+    with pytest.raises(ValueError, match="need 9 GPUs, 8 are free"):
+        plan_engine_gpus([[4, 4], [1]], gpus)
+    # 8 GPUs, 4 learner ranks on this node (local ranks use GPUs 0-3): engines get 4-7.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    learner = EnginePoolConfig(num_engines=1, engine=EngineConfig(device="cuda", tp=2))
+    explorer = EnginePoolConfig(num_engines=2, engine=EngineConfig(device="cuda"))
+    config = RolloutConfig(explorer=explorer, learner=learner, log_dir=str(tmp_path))
+    engines = RolloutEngines(config, explorer_model=tmp_path / "e", learner_model=tmp_path / "l")
+    gpus_of = lambda pool: [server.process.env["CUDA_VISIBLE_DEVICES"] for server in pool.servers]
+    assert gpus_of(engines.learner) == ["4,5"] and gpus_of(engines.explorer) == ["6", "7"]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "6")  # 2 GPUs left for 4 engine GPUs
+    with pytest.raises(ValueError, match="external_urls"):
+        RolloutEngines(config, explorer_model=tmp_path / "e", learner_model=tmp_path / "l")
+    # Attached pools take no GPU here.
+    attached = RolloutConfig(
+        explorer=EnginePoolConfig(external_urls=["http://node1:30000"]),
+        learner=learner,
+        log_dir=str(tmp_path),
+    )
+    engines = RolloutEngines(attached, explorer_model=tmp_path / "e", learner_model=tmp_path / "l")
+    assert gpus_of(engines.learner) == ["6,7"] and engines.explorer.servers[0].url == "http://node1:30000"
+
+
+def test_colocated_learner_engines_share_the_learner_gpus_and_the_explorer_gets_its_own(
+    monkeypatch, tmp_path
+) -> None:
+    """rollout.colocate: learner engines of TP t on the next t of the learner ranks' GPUs (started
+    with the memory saver and a /health that does not generate); the explorer after the learner's."""
+    from megatron_s2l.rollout.colocate import MEMORY_SAVER_FLAG
+    from megatron_s2l.rollout.config import RolloutConfig
+    from megatron_s2l.rollout.engines import RolloutEngines
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "6")
+    learner = EnginePoolConfig(num_engines=3, engine=EngineConfig(device="cuda", tp=2, extra_args=["--x"]))
+    explorer = EnginePoolConfig(num_engines=2, engine=EngineConfig(device="cuda"))
+    config = RolloutConfig(explorer=explorer, learner=learner, log_dir=str(tmp_path), colocate=True)
+    engines = RolloutEngines(config, explorer_model=tmp_path / "e", learner_model=tmp_path / "l")
+    gpus_of = lambda pool: [server.process.env["CUDA_VISIBLE_DEVICES"] for server in pool.servers]
+    assert gpus_of(engines.learner) == ["0,1", "2,3", "4,5"] and gpus_of(engines.explorer) == ["6", "7"]
+    for server in engines.learner.servers:
+        assert server.process.cmd[-2:] == ["--x", MEMORY_SAVER_FLAG]
+        assert server.process.env["SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION"] == "false"
+    for server in engines.explorer.servers:  # never released: keeps SGLang's defaults
+        assert MEMORY_SAVER_FLAG not in server.process.cmd
+        assert "SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION" not in server.process.env
+    assert learner.engine.extra_args == ["--x"]  # the user's config is not changed
+    # Without colocate the same learner pool would need 6 GPUs beside the learner's 6.
+    with pytest.raises(ValueError, match="need 8 GPUs, 2 are free"):
+        RolloutEngines(
+            RolloutConfig(explorer=explorer, learner=learner, log_dir=str(tmp_path)),
+            explorer_model=tmp_path / "e",
+            learner_model=tmp_path / "l",
+        )
+    # More engine GPUs than learner ranks on this node: an error, not a spill onto the explorer's.
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(ValueError, match=r"rollout\.colocate: .*num_engines x tp must not exceed 4"):
+        RolloutEngines(config, explorer_model=tmp_path / "e", learner_model=tmp_path / "l")
+    # All 8 GPUs are learner ranks': a live explorer has nowhere to go; a cached one needs no GPU.
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    with pytest.raises(ValueError, match="external_urls"):
+        RolloutEngines(config, explorer_model=tmp_path / "e", learner_model=tmp_path / "l")
+    cached = RolloutConfig(
+        learner=learner, log_dir=str(tmp_path), colocate=True, explorer_cache_path=str(tmp_path / "c.jsonl")
+    )
+    engines = RolloutEngines(cached, explorer_model=tmp_path / "e", learner_model=tmp_path / "l")
+    assert gpus_of(engines.learner) == ["0,1", "2,3", "4,5"] and engines.explorer is None
 
 
 def test_a_port_in_use_is_refused_before_launch(tmp_path) -> None:
