@@ -385,9 +385,17 @@ def srun_argv(job: Job, binary: str) -> list[str]:
     """srun passes this shell's environment on by itself (ALL); the job's variables are added."""
     export = ",".join(["ALL", *(f"{name}={value}" for name, value in job.env.items())])
     return [
-        "srun", "--nodes", str(len(job.hosts)), "--ntasks-per-node", str(job.procs_per_host),
-        "--nodelist", ",".join(job.hosts), f"--export={export}", binary, *BENCH_ARGS,
-    ]  # fmt: skip
+        "srun",
+        "--nodes",
+        str(len(job.hosts)),
+        "--ntasks-per-node",
+        str(job.procs_per_host),
+        "--nodelist",
+        ",".join(job.hosts),
+        f"--export={export}",
+        binary,
+        *BENCH_ARGS,
+    ]
 
 
 def job_argv(job: Job, launcher: str, tests_dir: Path, environ: Mapping[str, str]) -> list[str]:

@@ -60,10 +60,18 @@ class _SourceCounts:
 
 
 CSV_FIELDS = (
-    "method", "step", "g_explorer", "g_learner", "prompts", "prompt_len",
+    "method",
+    "step",
+    "g_explorer",
+    "g_learner",
+    "prompts",
+    "prompt_len",
     *(f"{name}_{s}" for s in SOURCES for name in ("samples", "tokens", "mean_len", "flops")),
-    "seconds", "tokens_per_s", "seconds_per_token", "flops",
-)  # fmt: skip
+    "seconds",
+    "tokens_per_s",
+    "seconds_per_token",
+    "flops",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,8 +282,12 @@ def measure_rollouts(cfg: S2LConfig, *, steps: int, hightemp: float, log_dir: Pa
     dataset = _train_prompts(cfg)
     logger.info(
         "measuring %d steps x %d prompts x G %d (T_mix %d); high-temp GRPO at temperature %s",
-        steps, cfg.schedule.prompts_per_step, cfg.schedule.group_size, cfg.schedule.t_mix, hightemp,
-    )  # fmt: skip
+        steps,
+        cfg.schedule.prompts_per_step,
+        cfg.schedule.group_size,
+        cfg.schedule.t_mix,
+        hightemp,
+    )
     records = []
     for name, explorer in (("s2l", with_explorer), ("grpo", False)):
         rollout = replace(cfg.rollout, log_dir=str(log_dir / name))
@@ -353,8 +365,12 @@ def _measure_steps(
             record = step_record(method, batch, time.perf_counter() - started, archs)
             logger.info(
                 "step %d/%d %s: %d explorer + %d learner tokens in %.2f s",
-                step, steps, METHOD_NAMES[method], record.tokens["explorer"], record.tokens["learner"],
+                step,
+                steps,
+                METHOD_NAMES[method],
+                record.tokens["explorer"],
+                record.tokens["learner"],
                 record.seconds,
-            )  # fmt: skip
+            )
             records.append(record)
     return records

@@ -184,11 +184,9 @@ def serve_argv(cfg: S2LConfig, pool: Pool, engines: list[Engine], api_key_env: s
     engine = pool_cfg.engine
     model = cfg.model.learner if pool == "learner" else cfg.model.explorer
     gpus = [g for e in engines for g in e.gpus]
-    argv = [
-        "s2l", "serve", "--model", model, "--num-engines", str(len(engines)), "--tp", str(engine.tp),
-        "--host", "0.0.0.0", "--port", str(engines[0].port), "--api-key-env", api_key_env,
-        "--gpus", ",".join(map(str, gpus)),
-    ]  # fmt: skip
+    argv = ["s2l", "serve", "--model", model, "--num-engines", str(len(engines)), "--tp", str(engine.tp)]
+    argv += ["--host", "0.0.0.0", "--port", str(engines[0].port), "--api-key-env", api_key_env]
+    argv += ["--gpus", ",".join(map(str, gpus))]
     if engine.device != "auto":
         argv += ["--device", engine.device]
     if engine.dtype != "auto":
@@ -214,10 +212,24 @@ def train_argv(
 ) -> tuple[str, ...]:
     """torchrun of node `node` of the learner (rank assignment: torchrun's c10d rendezvous)."""
     return (
-        "torchrun", "--nnodes", str(plan_nodes), "--node-rank", str(node), "--nproc-per-node", str(nproc),
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{options.hosts[0]}:{options.rdzv_port}",
-        "-m", "megatron_s2l.cli", "train", "--config", config_path, *overrides,
-    )  # fmt: skip
+        "torchrun",
+        "--nnodes",
+        str(plan_nodes),
+        "--node-rank",
+        str(node),
+        "--nproc-per-node",
+        str(nproc),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"{options.hosts[0]}:{options.rdzv_port}",
+        "-m",
+        "megatron_s2l.cli",
+        "train",
+        "--config",
+        config_path,
+        *overrides,
+    )
 
 
 def _span(values: list[int] | tuple[int, ...]) -> str:

@@ -30,11 +30,27 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Small enough to count by hand (rollout_flops.py): FLOPs per token = 2 x matmul weights + per-key x keys.
 # learner: q,o 4x4 each, k,v 4x2 each (48), MLP 3x4x8 (96), LM head 10x4 (40) = 184; per key 4x1x2x2 = 16
-LEARNER = dict(vocab_size=10, hidden_size=4, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2,
-               num_key_value_heads=1, head_dim=2, tie_word_embeddings=False)  # fmt: skip
+LEARNER = dict(
+    vocab_size=10,
+    hidden_size=4,
+    intermediate_size=8,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=2,
+    tie_word_embeddings=False,
+)
 # explorer: q,k,v,o 2x2 each (16), MLP 3x2x4 (24), LM head (tied) 10x2 (20) = 60; per key 4x1x1x2 = 8
-EXPLORER = dict(vocab_size=10, hidden_size=2, intermediate_size=4, num_hidden_layers=1, num_attention_heads=1,
-                num_key_value_heads=1, head_dim=2, tie_word_embeddings=True)  # fmt: skip
+EXPLORER = dict(
+    vocab_size=10,
+    hidden_size=2,
+    intermediate_size=4,
+    num_hidden_layers=1,
+    num_attention_heads=1,
+    num_key_value_heads=1,
+    head_dim=2,
+    tie_word_embeddings=True,
+)
 
 
 def hf_config(fields: dict) -> dict:
@@ -177,14 +193,28 @@ def runs(tmp_path: Path) -> tuple[Path, Path]:
         f"{{learner: {learner}, explorer: {explorer}}}",
         "{steps: 2, t_mix: 2, group_size: 4, prompts_per_step: 1}",
         [
-            {"step": 1, "rollout/generated_tokens_explorer": 30.0, "rollout/explorer_samples": 10.0,
-             "rollout/generated_tokens_learner": 0.0, "rollout/learner_samples": 0.0,
-             "rollout/tokens_explorer": 12.0, "response_len/explorer": 3.0, "time/rollout": 2.0},
-            {"step": 2, "rollout/generated_tokens_explorer": 0.0, "rollout/explorer_samples": 0.0,
-             "rollout/generated_tokens_learner": 20.0, "rollout/learner_samples": 4.0,
-             "rollout/tokens_learner": 20.0, "response_len/learner": 5.0, "time/rollout": 3.0},
+            {
+                "step": 1,
+                "rollout/generated_tokens_explorer": 30.0,
+                "rollout/explorer_samples": 10.0,
+                "rollout/generated_tokens_learner": 0.0,
+                "rollout/learner_samples": 0.0,
+                "rollout/tokens_explorer": 12.0,
+                "response_len/explorer": 3.0,
+                "time/rollout": 2.0,
+            },
+            {
+                "step": 2,
+                "rollout/generated_tokens_explorer": 0.0,
+                "rollout/explorer_samples": 0.0,
+                "rollout/generated_tokens_learner": 20.0,
+                "rollout/learner_samples": 4.0,
+                "rollout/tokens_learner": 20.0,
+                "response_len/learner": 5.0,
+                "time/rollout": 3.0,
+            },
         ],
-    )  # fmt: skip
+    )
     kept = {"rollout/tokens_learner": 16.0, "response_len/learner": 4.0, "rollout/learner_samples": 4.0}
     grpo = write_run(
         tmp_path / "runs/grpo",

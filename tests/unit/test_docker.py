@@ -23,9 +23,16 @@ NUM_GPUS = 0
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "megatron-s2l"
 # The image's platform: markers in the dependencies are evaluated for it.
-TARGET_ENV = {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
-              "python_version": "3.11", "python_full_version": "3.11.7", "implementation_name": "cpython",
-              "platform_python_implementation": "CPython", "os_name": "posix"}  # fmt: skip
+TARGET_ENV = {
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "python_version": "3.11",
+    "python_full_version": "3.11.7",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "os_name": "posix",
+}
 # The Dockerfile's version arguments and the lock entries they must equal.
 DOCKER_ARGS = {
     "TORCH_VERSION": "torch",

@@ -125,9 +125,19 @@ def test_two_node_8b_commands() -> None:
     plan = make_plan(CONFIG_8B, 2)
     (torchrun,) = plan.nodes[0].commands
     assert torchrun[:12] == (
-        "torchrun", "--nnodes", "1", "--node-rank", "0", "--nproc-per-node", "8",
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", "n0:29500", "-m",
-    )  # fmt: skip
+        "torchrun",
+        "--nnodes",
+        "1",
+        "--node-rank",
+        "0",
+        "--nproc-per-node",
+        "8",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "n0:29500",
+        "-m",
+    )
     assert torchrun[12:16] == ("megatron_s2l.cli", "train", "--config", CONFIG_8B)
     learner, explorer = plan.nodes[1].commands
     assert flag(learner, "--model") == "/models/Qwen3-8B-Base"
@@ -157,8 +167,12 @@ def test_four_node_14b_commands() -> None:
     assert flag(plan.nodes[0].commands[0], "--nproc-per-node") == "8"
     urls = trainer_urls(plan)
     assert urls["learner"] == [
-        "http://n1:30000", "http://n1:30001", "http://n2:30000", "http://n2:30001", "http://n3:30000",
-    ]  # fmt: skip
+        "http://n1:30000",
+        "http://n1:30001",
+        "http://n2:30000",
+        "http://n2:30001",
+        "http://n3:30000",
+    ]
     assert urls["explorer"] == [f"http://n3:{p}" for p in range(30001, 30005)]
     (last_learner, explorer) = plan.nodes[3].commands
     assert (flag(last_learner, "--gpus"), flag(last_learner, "--num-engines")) == ("0,1,2,3", "1")
