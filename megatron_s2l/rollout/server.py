@@ -133,6 +133,7 @@ class ManagedProcess:
         self.log_path = Path(log_path)
         self.cpu_cores = cpu_cores
         self.proc: subprocess.Popen | None = None
+        self.log_start = 0
 
     @property
     def pid(self) -> int | None:
@@ -143,6 +144,7 @@ class ManagedProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%F %T')} {' '.join(self.cmd)}\n".encode())
             log.flush()
+            self.log_start = log.tell()
             # NOTE: PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the
             # process; a restart from a short-lived worker thread (asyncio.to_thread) would kill the new
             # server moments later. So every child is forked by one thread that lives as long as we do.
@@ -160,6 +162,12 @@ class ManagedProcess:
 
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def output_since_spawn(self) -> str:
+        """What the current child has written to the log (earlier runs appended before it)."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self.log_start)
+            return log.read().decode(errors="replace")
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -195,6 +203,15 @@ def _stop_all_at_exit() -> None:
 atexit.register(_stop_all_at_exit)
 
 
+class PortInUseError(RuntimeError):
+    """A server's port is taken (before launch, or between the check and the server's bind)."""
+
+
+_BIND_FAILED = "address already in use"
+"""What uvicorn logs when its port is taken (`[Errno 98] error while attempting to bind`)."""
+_PORT_TRIES = 3
+
+
 class _HttpProcess:
     """Shared start/wait/stop of a managed HTTP server process."""
 
@@ -220,7 +237,7 @@ class _HttpProcess:
         if not port_is_free(self.host, self.port):
             # Checked before launch: otherwise another server on that port (an engine a killed run
             # left behind) would answer the health check, and this one would be taken for it.
-            raise RuntimeError(
+            raise PortInUseError(
                 f"{self.name}: port {self.port} on {self.host} is already in use (another engine, "
                 "e.g. of a run that was killed?); free it or use port 0 (pick a free one)"
             )
@@ -239,6 +256,13 @@ class _HttpProcess:
                 )
             if self.is_healthy():
                 return
+            if _BIND_FAILED in self.process.output_since_spawn():
+                # The port was free when checked, then taken: uvicorn gives up, the server does not exit.
+                self.stop()
+                raise PortInUseError(
+                    f"{self.name}: port {self.port} on {self.host} was taken before the server bound it; "
+                    f"log {self.process.log_path}"
+                )
             time.sleep(0.5)
         self.stop()
         raise TimeoutError(
@@ -279,6 +303,8 @@ class EngineServer(_HttpProcess):
         self.model_path = str(model_path)
         self.config = config
         self.host, self.api_key = config.host, config.api_key
+        self.auto_port = not (port or config.port)
+        """The port was picked here: one taken before the server binds it is replaced."""
         self.port = port or config.port or find_free_port(config.host)
         self.gpu_ids = gpu_ids
         self.startup_timeout_s, self.stop_timeout_s = config.startup_timeout_s, config.stop_timeout_s
@@ -295,8 +321,23 @@ class EngineServer(_HttpProcess):
             env["SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION"] = "false"
         self.process = ManagedProcess(self.name, cmd, env, log_path, cpu_cores)
 
+    def start(self) -> float:
+        """Launch and block until healthy; returns the seconds it took. A port picked here that
+        another process takes first (between the pick and the server's bind) is replaced by another
+        free one, up to `_PORT_TRIES` times."""
+        for _ in range(_PORT_TRIES - 1):
+            try:
+                return super().start()
+            except PortInUseError:
+                if not self.auto_port:
+                    raise
+                self.port = find_free_port(self.host)
+                self.process.cmd = build_server_command(self.model_path, self.config, self.port)
+        return super().start()
+
     def restart(self) -> float:
-        """Stop (if needed) and start again on the same port, from the original model path."""
+        """Stop (if needed) and start again on the same port (a picked port, if taken meanwhile, is
+        replaced), from the original model path."""
         self.stop()
         return self.start()
 

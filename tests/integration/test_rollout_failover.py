@@ -1,5 +1,6 @@
 """A learner server killed in the middle of a batch several times the client's limits: the batch
-still comes back complete and correct, and the next batch, on the same event loop, too."""
+still comes back complete and correct, and the next batch, on the same event loop, too. And a
+server whose port is taken before it binds it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 import os
 import random
 import signal
+import socket
 import threading
 import time
 from functools import partial
@@ -15,10 +17,12 @@ import pytest
 from rollout_reference import LOGPROB_ATOL, hf_greedy, hf_token_logprobs
 
 from megatron_s2l.rollout.client import RolloutClient
+from megatron_s2l.rollout.config import EngineConfig
 from megatron_s2l.rollout.engines import RolloutEngines
 from megatron_s2l.rollout.records import Prompt, RolloutBatch
 from megatron_s2l.rollout.sampler import S2LGroupSampler
 from megatron_s2l.rollout.sampling_params import SamplingConfig
+from megatron_s2l.rollout.server import EngineServer, PortInUseError
 
 pytestmark = pytest.mark.slow
 
@@ -150,3 +154,27 @@ def test_slow_learner_server_is_waited_for_not_restarted(rollout_engines: Rollou
     assert batch.metrics["rollout/learner_samples"] == GROUP * len(prompts)
     for group in batch.groups:
         assert sorted(r.sample_index for r in group.records) == list(range(GROUP))
+
+
+def test_a_picked_port_taken_before_the_server_binds_is_replaced(tiny_models, tmp_path) -> None:
+    """The race a loaded CI machine hit: the port picked for a server is taken by another process
+    before the server binds it. Before launch the check catches it; after launch the server's own
+    bind fails (uvicorn then waits forever), which its log shows at once, not at the start-up
+    time-out. A picked port then moves to another free one; a configured port is an error."""
+    model = tiny_models["explorer"]
+    server = EngineServer(model, EngineConfig(device="cpu"), tmp_path / "a.log", name="a0")
+    first = server.port
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", first))
+        taken.listen()
+        server.start()
+        try:
+            assert server.port != first and server.is_healthy()
+        finally:
+            server.stop()
+        racing = EngineServer(model, EngineConfig(device="cpu", port=first), tmp_path / "b.log", name="b0")
+        racing.process.spawn()  # past the check, as if the port had been taken just after it
+        started = time.monotonic()
+        with pytest.raises(PortInUseError, match="taken before the server bound it"):
+            racing.wait_healthy(300)
+        assert time.monotonic() - started < 150 and not racing.process.is_running()
