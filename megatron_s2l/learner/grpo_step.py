@@ -83,10 +83,8 @@ def micro_batches_for_this_rank(
     return out
 
 
-def _forward_step(loss_fn: LossFn, data_iterator, model):
+def _forward_step(loss_fn: LossFn, kwargs: dict, data_iterator, model):
     micro_batch = next(data_iterator)
-    # Logits in the model's dtype: Float16Module would otherwise cast them to a full fp32 copy.
-    kwargs = {"fp32_output": False} if _has_float16_wrapper(model) else {}
     if transformer_engine_available():  # TE attention takes the rows packed end to end (THD)
         packing = pack(micro_batch)
         output = model(
@@ -144,8 +142,10 @@ def run_schedule(
     may differ in rows and length (with PP > 1 the config sets `variable_seq_lengths`)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    # Logits in the model's dtype: Float16Module would otherwise cast them to a full fp32 copy.
+    forward_kwargs = {"fp32_output": False} if _has_float16_wrapper(model) else {}
     return get_forward_backward_func()(
-        forward_step_func=partial(_forward_step, loss_fn),
+        forward_step_func=partial(_forward_step, loss_fn, forward_kwargs),
         data_iterator=iter(micro_batches),
         model=[model],
         num_microbatches=len(micro_batches),

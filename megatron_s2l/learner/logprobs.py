@@ -45,24 +45,12 @@ def token_logprobs_from_logits(
 
     tp_group = parallel_state.get_tensor_model_parallel_group()
     use_group = tp_group if parallel_state.get_tensor_model_parallel_world_size() > 1 else None
+    common = {"compute_entropy": compute_entropy, "vocab_size": vocab_size, "ignore_index": IGNORE_INDEX}
     if output_weight is not None:
+        hidden_BLH = logits_BLV
         return fused_linear_logprobs_and_entropy(
-            logits_BLV,
-            output_weight,
-            targets_BL,
-            temperature,
-            use_group,
-            compute_entropy=compute_entropy,
-            vocab_size=vocab_size,
-            ignore_index=IGNORE_INDEX,
+            hidden_BLH, output_weight, targets_BL, temperature, use_group, **common
         )
     return logprobs_and_entropy(
-        logits_BLV,
-        targets_BL,
-        temperature,
-        use_group,
-        compute_entropy=compute_entropy,
-        vocab_size=vocab_size,
-        ignore_index=IGNORE_INDEX,
-        inplace_backward=inplace_backward,
+        logits_BLV, targets_BL, temperature, use_group, inplace_backward=inplace_backward, **common
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
@@ -10,8 +11,10 @@ from megatron_s2l.archs import ModelArch
 from megatron_s2l.learner.hf_config import padded_vocab_size
 
 
+@functools.cache
 def transformer_engine_available() -> bool:
-    """TE is used when it is importable and a GPU is present (the local spec otherwise)."""
+    """TE is used when it is importable and a GPU is present (the local spec otherwise). Decided
+    once per process: the layer spec and the packing of every micro-batch (`grpo_step`) follow it."""
     return torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
 
 

@@ -178,18 +178,15 @@ class DistributedTransport(Transport):
         self._members: tuple[str, ...] = ()
         self._endpoints: list[EngineEndpoint] = []
 
-    def _backend_for(self, tensor: torch.Tensor) -> str:
+    def _backend_for(self, on_gpu: bool) -> str:
         if self.backend != "auto":
             return self.backend
-        return "nccl" if tensor.is_cuda else "gloo"
+        return "nccl" if on_gpu else "gloo"
 
     def connect(self, endpoints: list[EngineEndpoint]) -> None:
         """Create the broadcast group with `endpoints` now instead of at the first send (the learner's
         tensors are on the GPU when there is one)."""
-        on_gpu = torch.cuda.is_available()
-        self._ensure_group(
-            endpoints, self.backend if self.backend != "auto" else "nccl" if on_gpu else "gloo"
-        )
+        self._ensure_group(endpoints, self._backend_for(torch.cuda.is_available()))
 
     def _ensure_group(self, endpoints: list[EngineEndpoint], backend: str) -> None:
         members = tuple(e.url for e in endpoints)
@@ -248,7 +245,7 @@ class DistributedTransport(Transport):
 
     def send(self, bucket: Bucket, endpoints: list[EngineEndpoint], version: str) -> None:
         tensors = [tensor for _, tensor in bucket.named_tensors]
-        self._ensure_group(endpoints, self._backend_for(tensors[0]))
+        self._ensure_group(endpoints, self._backend_for(tensors[0].is_cuda))
         payload = {
             "names": bucket.names,
             "dtypes": [str(t.dtype).removeprefix("torch.") for t in tensors],
