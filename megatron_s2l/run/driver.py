@@ -49,7 +49,9 @@ class Driver:
         self.eval_set = load(cfg.data.eval_files) if cfg.data.eval_files else None
         self.prompts = PromptSampler(range(len(self.train_set)), shuffle=cfg.data.shuffle, seed=cfg.seed)
         self._batches = self.prompts.batches(cfg.schedule.prompts_per_step)
-        self.scorer = RewardScorer(cfg.reward)
+        # The workers read model output: they get no engine API key (nor any other secret).
+        api_key_envs = [pool.engine.api_key_env for pool in (cfg.rollout.explorer, cfg.rollout.learner)]
+        self.scorer = RewardScorer(cfg.reward, hidden_env=[name for name in api_key_envs if name])
         explorer = cfg.model.explorer if cfg.schedule.t_mix > 0 else None
         self.engines = RolloutEngines(cfg.rollout, explorer_model=explorer, learner_model=cfg.model.learner)
         self.engines.start()
@@ -135,6 +137,7 @@ class Driver:
             "data/epoch": self.prompts.epoch,
             "data/position": self.prompts.position,
             "rollout/reward_timeouts": scored.timed_out,
+            "rollout/reward_failures": scored.failed,
             "rollout/tokens_per_s": tokens / elapsed,
             "time/rollout": elapsed,
             "time/reward": reward_seconds,
@@ -222,9 +225,15 @@ def _weight_versions(records) -> dict[str, str]:
 
 def _concat(a, b):
     return type(a)(
-        a.groups + b.groups, a.rewards + b.rewards, a.correct + b.correct, a.timed_out + b.timed_out
+        a.groups + b.groups,
+        a.rewards + b.rewards,
+        a.correct + b.correct,
+        a.timed_out + b.timed_out,
+        a.failed + b.failed,
     )
 
 
 def _trim(scored, n: int):
-    return type(scored)(scored.groups[:n], scored.rewards[:n], scored.correct[:n], scored.timed_out)
+    return type(scored)(
+        scored.groups[:n], scored.rewards[:n], scored.correct[:n], scored.timed_out, scored.failed
+    )

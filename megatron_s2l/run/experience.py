@@ -45,6 +45,9 @@ class ScoredGroups:
     rewards: list[list[float]]
     correct: list[list[bool]]
     timed_out: int
+    """Responses whose scoring ran past `reward.timeout_s` (scored as wrong)."""
+    failed: int = 0
+    """Responses whose scoring failed: the reward function raised or its worker died (scored as wrong)."""
 
 
 def score_groups(
@@ -76,7 +79,8 @@ def score_groups(
         rewards.append(scores[start:end].tolist())
         correct.append([res.acc for res in results[start:end]])
         start = end
-    return ScoredGroups(list(groups), rewards, correct, sum(res.timed_out for res in results))
+    timed_out, failed = sum(res.timed_out for res in results), sum(res.failed for res in results)
+    return ScoredGroups(list(groups), rewards, correct, timed_out, failed)
 
 
 def keep_groups_with_signal(scored: ScoredGroups, metric: FilterMetric) -> ScoredGroups:
@@ -92,6 +96,7 @@ def keep_groups_with_signal(scored: ScoredGroups, metric: FilterMetric) -> Score
         [scored.rewards[g] for g in keep],
         [scored.correct[g] for g in keep],
         scored.timed_out,
+        scored.failed,
     )
 
 
