@@ -136,7 +136,7 @@ def main() -> None:
 
 
 def _endpoints(server: EngineServer) -> list[EngineEndpoint]:
-    return [EngineEndpoint(server.url, server.config.tp, server.config.api_key)]
+    return [EngineEndpoint(server.url, server.config.tp, server.api_key)]
 
 
 if __name__ == "__main__":

@@ -38,14 +38,16 @@ def _free_gib() -> float:
     return torch.cuda.mem_get_info()[0] / GIB
 
 
-def _greedy(url: str, prompt: list[int], new_tokens: int) -> dict:
+def _greedy(url: str, api_key: str | None, prompt: list[int], new_tokens: int) -> dict:
     import httpx
+
+    from megatron_s2l.rollout.http import bearer
 
     payload = {
         "input_ids": prompt,
         "sampling_params": {"temperature": 0.0, "max_new_tokens": new_tokens, "ignore_eos": True},
     }
-    response = httpx.post(url + "/generate", json=payload, timeout=120.0)
+    response = httpx.post(url + "/generate", json=payload, headers=bearer(api_key), timeout=120.0)
     response.raise_for_status()
     return response.json()
 
@@ -162,7 +164,7 @@ def _run(report: Report, args: argparse.Namespace, model_dir: Path, weights: dic
         url = pool.servers[0].url
         resident = report.row("server up (weights + KV cache resident)", time.perf_counter() - started)
         prompt = [11, 57, 203, 9, 141, 77, 5, 300]
-        reference = _greedy(url, prompt, args.new_tokens)["output_ids"]
+        reference = _greedy(url, pool.api_key, prompt, args.new_tokens)["output_ids"]
         colocation = Colocation(pool, enabled=True, timeout_s=120.0)
         for n, transport in enumerate(("tensor", "disk"), start=1):
             colocation.release()
@@ -199,7 +201,7 @@ def _run(report: Report, args: argparse.Namespace, model_dir: Path, weights: dic
                 sync.close()
             report.row(f"round {n}: weight sync ({transport})", result.seconds)
             colocation.resume_kv_cache()
-            output = _greedy(url, prompt, args.new_tokens)
+            output = _greedy(url, pool.api_key, prompt, args.new_tokens)
             same, version = output["output_ids"] == reference, output["meta_info"].get("weight_version")
             note = f"then greedy tokens as before: {same}; weight_version {version}"
             report.row(f"round {n}: KV cache resumed", colocation.seconds["resume_kv_cache"], note)

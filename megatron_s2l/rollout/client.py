@@ -54,7 +54,7 @@ class RolloutClient:
             return []
         size = self.config.batch_size
         chunks = [requests[i : i + size] for i in range(0, len(requests), size)]
-        async with async_session(self.pool.config.engine.api_key, self.config.request_timeout_s) as session:
+        async with async_session(self.pool.api_key, self.config.request_timeout_s) as session:
             answers = await asyncio.gather(*(self._generate_chunk(session, c, sampling) for c in chunks))
         return [record for chunk in answers for record in chunk]
 

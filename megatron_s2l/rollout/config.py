@@ -12,6 +12,26 @@ from typing import Literal
 
 from megatron_s2l.rollout.sampling_params import SamplingConfig, default_explorer_sampling
 
+RESERVED_SERVER_FLAGS = ("--host", "--port", "--api-key", "--admin-api-key", "--config")
+"""`sglang.launch_server` flags this package sets itself: the bind address (loopback unless a key
+guards it), the port the trainer checks, the API key (passed in a private file) and that file."""
+
+
+def reserved_flag_errors(args: list[str], field_name: str) -> list[str]:
+    """Why `args` (extra server flags) may not be passed: each flag that would override one of
+    `RESERVED_SERVER_FLAGS` (`--host x`, `--host=x`, or an abbreviation argparse would expand)."""
+    errors = []
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if len(name) > 2 and name.startswith("--"):
+            hit = next((flag for flag in RESERVED_SERVER_FLAGS if flag.startswith(name)), None)
+            if hit is not None:
+                errors.append(
+                    f"{field_name}: {arg!r} would override {hit}, which is set from the config "
+                    "(host, port, api_key_env) and checked; set it there instead"
+                )
+    return errors
+
 
 def is_loopback(host: str) -> bool:
     """Whether `host` only accepts connections from this machine."""
@@ -48,11 +68,13 @@ class EngineConfig:
     api_key_env: str = ""
     """Name of the environment variable that holds the engines' API key (SGLang `--api-key`; the
     client and the weight sync send it as a bearer token). Required when `host` is not a loopback
-    address. The key itself never enters the config file, the logs or the metrics."""
+    address; without one, the engines a run starts get a random key of that run. The key itself never
+    enters the config file, a command line, the logs or the metrics."""
     sleep_on_idle: bool = True
     """`--sleep-on-idle`: an idle scheduler otherwise keeps a core busy."""
     extra_args: list[str] = field(default_factory=list)
-    """More `sglang.launch_server` flags, passed verbatim."""
+    """More `sglang.launch_server` flags, passed verbatim; none of `--host`, `--port`, `--api-key`,
+    `--admin-api-key`, `--config` (set from this section, and checked)."""
     server_site_dirs: list[str] = field(default_factory=list)
     """Extra directories put on the server's PYTHONPATH; on CPU `.venv/sglang-cpu-site` is added."""
     startup_timeout_s: float = 300.0
@@ -75,6 +97,9 @@ class EngineConfig:
             raise ValueError(f"startup_timeout_s must be > 0, got {self.startup_timeout_s}")
         if self.stop_timeout_s <= 0:
             raise ValueError(f"stop_timeout_s must be > 0, got {self.stop_timeout_s}")
+        errors = reserved_flag_errors(self.extra_args, "extra_args")
+        if errors:
+            raise ValueError("; ".join(errors))
         if not is_loopback(self.host) and not self.api_key_env:
             raise ValueError(
                 f"host {self.host!r} is not a loopback address: set api_key_env to the name of an "

@@ -5,7 +5,7 @@ async session the rollout client generates through."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -22,6 +22,14 @@ def http_get_ok(url: str, api_key: str | None = None, timeout_s: float = 5.0) ->
         return httpx.get(url, headers=bearer(api_key), timeout=timeout_s).is_success
     except httpx.HTTPError:
         return False
+
+
+def http_get_status(url: str, api_key: str | None = None, timeout_s: float = 10.0) -> int | None:
+    """The HTTP status GET `url` answers with (None when it does not answer)."""
+    try:
+        return httpx.get(url, headers=bearer(api_key), timeout=timeout_s).status_code
+    except httpx.HTTPError:
+        return None
 
 
 def http_get_json(url: str, api_key: str | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
@@ -51,7 +59,8 @@ class EngineEndpoint:
 
     url: str
     tp: int = 1
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    """Kept out of `repr` (endpoints appear in logs and error messages)."""
 
     def post(
         self, path: str, payload: dict[str, Any] | None = None, timeout_s: float = 60.0

@@ -38,7 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-total-tokens", type=int, default=None)
     parser.add_argument("--context-length", type=int, default=None)
     parser.add_argument("--log-dir", default="logs/serve", help="one log file per server")
-    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more launch_server flags")
+    parser.add_argument(
+        "--extra",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="more launch_server flags (not --host, --port, --api-key, --admin-api-key, --config)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         visible = args.gpus.split(",") if args.gpus else visible_gpus()
         gpus = plan_engine_gpus([[args.tp] * args.num_engines], visible)[0]
-    pool = EnginePool("serve", args.model, config, args.log_dir, cores, gpus)
+    # Servers for other processes: without --api-key-env they take no key (loopback only: the config
+    # refuses a network host without one), since no client would know a generated one.
+    pool = EnginePool("serve", args.model, config, args.log_dir, cores, gpus, generate_key=False)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -76,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
             )
         if pool.router is not None:
             print(f"router: {pool.router.url} (pid {pool.router.pid})")
+        if pool.api_key is None:
+            print("note: no API key (--api-key-env): any local user can generate and load weights here")
         print("serving; Ctrl-C stops", flush=True)
         while not stop.wait(1.0):
             dead = [s.name for s in pool.servers if not s.process.is_running()]

@@ -8,6 +8,9 @@ from pathlib import Path
 import requests
 import torch
 
+from megatron_s2l.rollout.http import bearer
+from megatron_s2l.rollout.server import RUN_API_KEY
+
 # Engine (SGLang, float32 on CPU) vs transformers log-probs: measured differences are ~3e-6
 # (DESIGN.md 3.2); 1e-4 leaves room for kernel order while still catching wrong weights.
 LOGPROB_ATOL = 1e-4
@@ -40,15 +43,18 @@ def hf_greedy(model_dir: str | Path, prompt_ids: list[int], max_new_tokens: int)
     return ids[0, len(prompt_ids) :].tolist()
 
 
-def engine_greedy(url: str, prompt_ids: list[int], max_new_tokens: int, **extra) -> dict:
-    """One greedy /generate (EOS ignored, so the length is fixed) and its meta_info."""
+def engine_greedy(
+    url: str, prompt_ids: list[int], max_new_tokens: int, api_key: str = RUN_API_KEY, **extra
+) -> dict:
+    """One greedy /generate (EOS ignored, so the length is fixed) and its meta_info; `api_key`:
+    the server's (engines this process started without `api_key_env` take `RUN_API_KEY`)."""
     payload = {
         "input_ids": prompt_ids,
         "sampling_params": {"temperature": 0.0, "max_new_tokens": max_new_tokens, "ignore_eos": True},
         "return_logprob": True,
         **extra,
     }
-    response = requests.post(url + "/generate", json=payload, timeout=300)
+    response = requests.post(url + "/generate", json=payload, headers=bearer(api_key), timeout=300)
     response.raise_for_status()
     return response.json()
 

@@ -27,7 +27,15 @@ LAYOUTS = {"tp2": (2, 1), "pp2": (1, 2)}  # name -> (tensor_parallel, pipeline_p
 
 
 def _rank_body(
-    rank: int, world_size: int, hf_dir: str, url: str, disk_dir: str, prompt: list[int], tp: int, pp: int
+    rank: int,
+    world_size: int,
+    hf_dir: str,
+    url: str,
+    api_key: str,
+    disk_dir: str,
+    prompt: list[int],
+    tp: int,
+    pp: int,
 ) -> list:
     import torch
     import torch.distributed as dist
@@ -59,7 +67,7 @@ def _rank_body(
         config = SyncConfig(transport=transport, bucket_mb=1, timeout_s=60.0, disk_dir=disk_dir)
         sync = WeightSync(
             config,
-            endpoints=[EngineEndpoint(url)],
+            endpoints=[EngineEndpoint(url, api_key=api_key)],
             is_sender=is_sender,
             is_controller=rank == 0,
             stage=layout.pp_rank,
@@ -72,7 +80,7 @@ def _rank_body(
             sync.close()
         answer = [None]
         if rank == 0:
-            output = engine_greedy(url, prompt, NEW_TOKENS)
+            output = engine_greedy(url, prompt, NEW_TOKENS, api_key=api_key)
             answer = [(output["output_ids"], logprobs_of(output), output["meta_info"]["weight_version"])]
         dist.broadcast_object_list(answer, src=0)
         tokens, engine_logprobs, version = answer[0]
@@ -90,11 +98,11 @@ def _rank_body(
 def test_sync_from_megatron_makes_engine_equal_learner(
     rollout_engines, tiny_models, tmp_path, layout
 ) -> None:
-    url = rollout_engines.learner.servers[0].url
+    url, api_key = rollout_engines.learner.servers[0].url, rollout_engines.learner.api_key
     prompt = [random.randrange(3, 400) for _ in range(6)]
     tp, pp = LAYOUTS[layout]
     hf_dir, sync_dir = str(tiny_models["learner"]), str(tmp_path / "sync")
-    rank0, rank1 = run_ranks(_rank_body, 2, hf_dir, url, sync_dir, prompt, tp, pp, timeout=600)
+    rank0, rank1 = run_ranks(_rank_body, 2, hf_dir, url, api_key, sync_dir, prompt, tp, pp, timeout=600)
     for (transport, tokens, engine_lp, own_lp, version, sent), other in zip(rank0, rank1, strict=True):
         assert version == f"megatron-{transport}"
         if pp == 1:
