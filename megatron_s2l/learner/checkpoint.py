@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -98,6 +99,17 @@ def save_checkpoint(
     return final
 
 
+def load_state_file(path: str | Path) -> Any:
+    """`torch.load` of a checkpoint file that runs no code from it (`weights_only=True`, torch's
+    restricted unpickler: tensors, dtypes, containers, numbers, strings). A checkpoint comes from a
+    run directory that may not be ours (`--resume`, `s2l eval --model RUN_DIR@STEP`): a pickle that
+    names any other callable is refused (`pickle.UnpicklingError`), never run. Megatron's optimizer
+    state (distributed or not) and the loop state need nothing more: the checkpoints of
+    tests/integration/test_learner_checkpoint.py and test_run_checkpoint.py load with no extra
+    `torch.serialization.add_safe_globals` entry."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def resolve_checkpoint(directory: str | Path) -> Path:
     """`directory`, or its `.old` copy left by a crash mid-swap."""
     final = Path(directory)
@@ -130,8 +142,8 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer, lr
             raise ValueError(f"{source}: saved with (tp, pp, dp) = {saved}, this run is {layout}")
         rank_file = _rank_file(source)
         try:
-            state = torch.load(rank_file, map_location="cpu", weights_only=False)
-        except Exception as e:  # truncated, corrupted or missing: torch raises many kinds
+            state = load_state_file(rank_file)
+        except Exception as e:  # truncated, corrupted, missing or refused: torch raises many kinds
             raise ValueError(f"{rank_file} is unreadable ({type(e).__name__}: {e})") from e
         if dict(unwrap_model(model).named_parameters()).keys() != state["model"].keys():
             raise ValueError(f"{source}: parameter names differ from this model's")

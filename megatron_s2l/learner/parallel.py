@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -114,9 +115,7 @@ def init_distributed(
             # SGLang 0.5 sets NCCL_CUMEM_ENABLE=0 in its servers when unset; the weight-sync group
             # spans both sides and fails ("invalid argument") unless they agree. NCCL reads it once.
             os.environ.setdefault("NCCL_CUMEM_ENABLE", "0")
-        dist.init_process_group(
-            "nccl" if use_cuda else "gloo", timeout=timedelta(minutes=cfg.timeout_minutes)
-        )
+        _init_default_group("nccl" if use_cuda else "gloo", timedelta(minutes=cfg.timeout_minutes))
     world_size = dist.get_world_size()
     dp = check_parallel_sizes(
         cfg, world_size, num_layers=num_layers, num_heads=num_heads, num_query_groups=num_query_groups
@@ -147,6 +146,56 @@ def init_distributed(
         pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
         dp_rank=parallel_state.get_data_parallel_rank(),
     )
+
+
+def _init_default_group(backend: str, timeout: timedelta) -> None:
+    """The default process group from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT. Under torchrun the
+    agent serves the rendezvous store (TORCHELASTIC_USE_AGENT_STORE; torchrun's own, see
+    docs/deploy.md); otherwise rank 0 serves it bound to MASTER_ADDR only (127.0.0.1 on one node),
+    where torch's `env://` store would listen on every interface."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        dist.init_process_group(backend, timeout=timeout)
+        return
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    store = bound_tcp_store(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, rank == 0, timeout
+    )
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+
+
+def bound_tcp_store(
+    host: str, port: int, world_size: int, is_master: bool, timeout: timedelta
+) -> dist.TCPStore:
+    """A TCPStore whose server (on the master) listens on `host` alone. torch's TCPStore server
+    listens on every interface (`*:port`) whatever host it is given; handing it a socket bound here
+    (`master_listen_fd`) keeps an unauthenticated store off the other interfaces. `port` 0: the OS
+    picks one (read it from `.port`), with no window for another process to take it."""
+    if not is_master:
+        return dist.TCPStore(host, port, world_size, False, timeout=timeout)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((socket.gethostbyname(host) if family == socket.AF_INET else host, port))
+        listener.listen(512)
+        store = dist.TCPStore(
+            host,
+            listener.getsockname()[1],
+            world_size,
+            True,
+            timeout=timeout,
+            # Not waiting in the constructor for the others to connect: the caller may only tell
+            # them where to connect after this returns (the weight-sync group); init_process_group
+            # has its own barrier.
+            wait_for_workers=False,
+            master_listen_fd=listener.fileno(),
+        )
+    except BaseException:
+        listener.close()
+        raise
+    # NOTE: the store's server owns the listening fd from here on; this object must not close it.
+    listener.detach()
+    return store
 
 
 def destroy_distributed() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from megatron_s2l.learner.checkpoint import CheckpointError
+from megatron_s2l.learner.checkpoint import CheckpointError, load_state_file
 from megatron_s2l.learner.parallel import any_rank
 
 LATEST = "latest"
+_STEP_NAME = re.compile(r"step_[0-9]{6,}")
 logger = logging.getLogger(__name__)
 
 
@@ -54,8 +56,17 @@ def save_run_checkpoint(
 
 
 def latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The checkpoint `latest` names; it must name a `step_NNNNNN` directory inside `checkpoints`
+    (an absolute path or `..` in a copied run directory would redirect the resume elsewhere)."""
     pointer = checkpoints / LATEST
-    return checkpoints / pointer.read_text().strip() if pointer.is_file() else None
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    if not _STEP_NAME.fullmatch(name) or not (checkpoints / name).is_dir():
+        raise CheckpointError(
+            f"{pointer} names {name[:80]!r}: not a step_NNNNNN checkpoint directory of {checkpoints}"
+        )
+    return checkpoints / name
 
 
 def load_run_checkpoint(directory: Path, learner) -> dict[str, Any]:
@@ -64,8 +75,8 @@ def load_run_checkpoint(directory: Path, learner) -> dict[str, Any]:
     learner.load(directory / "learner")
     error = None
     try:
-        loop = torch.load(directory / "loop.pt", weights_only=False)
-    except Exception as e:  # truncated, corrupted or missing
+        loop = load_state_file(directory / "loop.pt")
+    except Exception as e:  # truncated, corrupted, missing or refused (code in the pickle)
         error, loop = e, {}
     if any_rank(error is not None):
         raise CheckpointError(f"{directory / 'loop.pt'}: unreadable ({error or 'on another rank'})")

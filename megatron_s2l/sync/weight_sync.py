@@ -9,10 +9,10 @@ its stage's tensors, and only the driver (`is_controller`, global rank 0, which 
 talks to the engines about the update as a whole, in this order:
 
     pause generation (retract: in-flight requests resume later, on the new weights) -> flush cache
-    -> [begin_weight_update] -> senders send their buckets -> [apply, end_weight_update]
-    -> continue generation
+    -> [begin_weight_update] -> the senders send their buckets, stage 0 first, one stage at a
+    time -> [apply, end_weight_update] -> continue generation
 
-Ranks with nothing to send wait at three all-reduces (after the pause, the sends and the apply) that
+Ranks with nothing to send wait at all-reduces (after the pause, each stage's turn, the apply) that
 double as barriers and agree on failure: a rank that fails (engine unreachable, a tensor not in the
 engine's manifest, a send that keeps failing, an apply the engines refuse) still drives the export
 to its end, and then every rank raises WeightSyncError instead of one rank leaving the others
@@ -24,7 +24,6 @@ and the caller keeps the pool's weight versions (`megatron_s2l.train.sync_learne
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -38,7 +37,13 @@ from megatron_s2l.rollout.pool import EnginePool
 from megatron_s2l.sync.buckets import Bucket, iter_buckets
 from megatron_s2l.sync.config import SyncConfig
 from megatron_s2l.sync.manifest import WeightManifestError, check_against_manifest
-from megatron_s2l.sync.transports import DiskTransport, DistributedTransport, TensorTransport, Transport
+from megatron_s2l.sync.transports import (
+    BrokenSyncGroupError,
+    DiskTransport,
+    DistributedTransport,
+    TensorTransport,
+    Transport,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +71,7 @@ class SyncResult:
 
 def pool_endpoints(pool: EnginePool) -> list[EngineEndpoint]:
     """The endpoints of a pool's servers (the learner pool's; never pass the explorer's)."""
-    return [EngineEndpoint(s.url, s.config.tp, s.config.api_key) for s in pool.servers]
+    return [EngineEndpoint(s.url, s.config.tp, s.api_key) for s in pool.servers]
 
 
 def build_transport(config: SyncConfig, stage: int) -> Transport:
@@ -143,12 +148,9 @@ class WeightSync:
             if self.is_controller:
                 error = _capture(lambda: self._prepare_engines(endpoints))
             _raise_if_any_rank_failed(error, "pausing the engines")  # nothing exported yet
-            self._connect_stages_in_order(endpoints)
-            if self.is_sender:
-                error = _capture(lambda: self._send_all(tensors, endpoints, version, result))
-            for _ in tensors:  # the export is collective: every rank drives it to the end, even on failure
-                pass
-            _raise_if_any_rank_failed(error, "sending the weights")
+            for stage in range(self.num_stages):  # one stage after another: see _send_stage_turn
+                error = self._send_stage_turn(stage, tensors, endpoints, version, result)
+                _raise_if_any_rank_failed(error, f"sending stage {stage}'s weights")
             if self.is_controller and self.transport is not None:
                 transport = self.transport
                 error = _capture(
@@ -163,18 +165,32 @@ class WeightSync:
         result.seconds = time.perf_counter() - started
         return result
 
-    def _connect_stages_in_order(self, endpoints: list[EngineEndpoint]) -> None:
-        """With PP > 1, the stages' senders create their broadcast groups with the engines one
-        stage after another, in PP order (engines asked to join two groups at once can deadlock:
-        slime saw it with PP > 1 and several engines). A no-op once the groups exist."""
-        if self.config.transport != "distributed" or self.num_stages == 1:  # the same on every rank
-            return
-        for stage in range(self.num_stages):
-            error = None
-            transport = self.transport
-            if self.is_sender and self.stage == stage and isinstance(transport, DistributedTransport):
-                error = _capture(functools.partial(transport.connect, endpoints))
-            _raise_if_any_rank_failed(error, f"creating stage {stage}'s weight-sync group")
+    def _send_stage_turn(
+        self,
+        stage: int,
+        tensors: Iterator[tuple[str, torch.Tensor]],
+        endpoints: list[EngineEndpoint],
+        version: str,
+        result: SyncResult,
+    ) -> BaseException | None:
+        """Stage `stage`'s turn: its ranks drive their export (collective inside the stage) and its
+        sender sends; the other stages' ranks wait at the barrier that follows. Stages never send
+        at once: each SGLang engine serves one update request at a time, so with two stages
+        sending, engine 1 could serve stage 1's broadcast while engine 2 serves stage 0's, each
+        waiting for the other (NCCL also blocks each sender in its lazy communicator set-up at the
+        first broadcast). slime holds one lock across stages around every bucket for this reason
+        (`UpdateWeightFromDistributed._update_bucket_weights_from_distributed`); taking turns by
+        stage gives the same guarantee in PP order, at the cost of not overlapping one stage's
+        export with another's send. The export has no cross-stage collective (TP all-gathers only),
+        so the waiting stages can drive theirs in their own turn."""
+        if stage != self.stage:
+            return None
+        error = None
+        if self.is_sender:
+            error = _capture(lambda: self._send_all(tensors, endpoints, version, result))
+        for _ in tensors:  # the export is collective: every rank drives it to the end, even on failure
+            pass
+        return error
 
     def _send_all(
         self,
@@ -184,6 +200,8 @@ class WeightSync:
         result: SyncResult,
     ) -> None:
         sent: set[str] = set()
+        assert self.transport is not None
+        self.transport.begin(endpoints)
         for bucket in iter_buckets(self._checked(tensors, sent), self.config.bucket_mb * 2**20):
             self._send_with_retries(bucket, endpoints, version, result)
         self._check_complete(sent)
@@ -244,6 +262,8 @@ class WeightSync:
             try:
                 action()
                 return
+            except BrokenSyncGroupError as error:  # engines may be stuck in the broadcast: no retry
+                raise WeightSyncError(str(error)) from error
             except (EngineRequestError, RuntimeError) as error:
                 if attempt == self.config.max_retries:
                     raise WeightSyncError(

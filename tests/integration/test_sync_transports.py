@@ -27,7 +27,7 @@ from megatron_s2l.sync.config import SyncConfig
 from megatron_s2l.sync.manifest import read_weight_manifest
 from megatron_s2l.sync.weight_sync import WeightSync, WeightSyncError, pool_endpoints
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sglang]
 
 NEW_TOKENS = 12
 
@@ -179,3 +179,31 @@ def test_rejected_broadcast_fails_fast_and_engine_stays_usable(
     assert engine_greedy(rollout_engines.learner.servers[0].url, prompt, 6)["output_ids"] == hf_greedy(
         target, prompt, 6
     )
+
+
+def test_engine_restarted_on_the_same_port_gets_a_new_group_before_any_broadcast(
+    rollout_engines, tiny_models, tmp_path
+) -> None:
+    """A learner engine restarted on the same port (as `on_failure: restart` does) no longer holds
+    the sync group: the next update builds a new group before broadcasting (its /server_info
+    fingerprint changed) instead of failing a bucket on the stale one ("Group ... not in ...",
+    which with NCCL would leave the sender waiting in the communicator set-up)."""
+    server = rollout_engines.learner.servers[0]
+    sync = _make_sync(rollout_engines, "distributed", tmp_path)
+    target = tiny_models["target_distributed"]
+    try:
+        first = sync.update(load_hf_model(str(target)).named_parameters(), version="before-restart")
+        assert first.retries == 0
+        old_group, old_pid, port = sync.transport._group_name, server.pid, server.port
+        server.restart()
+        assert server.pid != old_pid and server.port == port
+        second = sync.update(load_hf_model(str(target)).named_parameters(), version="after-restart")
+        assert second.retries == 0 and second.updated == [server.url]
+        new_group = sync.transport._group_name
+        assert new_group not in ("", old_group)
+        third = sync.update(load_hf_model(str(target)).named_parameters(), version="same-server")
+        assert third.retries == 0 and sync.transport._group_name == new_group  # unchanged: kept
+    finally:
+        sync.close()
+    prompt = [5, 6, 7]
+    assert engine_greedy(server.url, prompt, 6)["output_ids"] == hf_greedy(target, prompt, 6)
