@@ -17,6 +17,7 @@ import torch.distributed as dist
 from megatron_s2l.algo import mean_over_updates, ppo_mini_batch_rows, s2l_split
 from megatron_s2l.config import S2LConfig
 from megatron_s2l.learner.learner import Learner
+from megatron_s2l.learner.offload import prepare_learner_for_colocation
 from megatron_s2l.rollout.colocate import Colocation
 from megatron_s2l.rollout.pool import EnginePool
 from megatron_s2l.run.checkpoint import load_latest_run_checkpoint, save_run_checkpoint
@@ -65,6 +66,10 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
         loss=cfg.algo.loss,
         temperature=cfg.rollout.learner_sampling.temperature,
     )
+    # rollout.colocate: the optimizer state exists (or is offloaded) before the engines size their memory.
+    offload = prepare_learner_for_colocation(
+        learner, colocate=cfg.rollout.colocate, offload=cfg.learner.offload_during_rollout
+    )
     is_driver = dist.get_rank() == 0
     driver = None
     if is_driver:
@@ -89,6 +94,7 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
             driver.engines.learner if driver else None,
             enabled=cfg.rollout.colocate,
             timeout_s=cfg.sync.timeout_s,
+            learner=offload,
         )
         start = 1
         loop = load_latest_run_checkpoint(run.checkpoints, learner) if resume else None

@@ -53,6 +53,12 @@ class LearnerConfig:
     reference_offload: bool = False
     """With the KL loss: keep the frozen reference weights in host memory and move them onto the GPU
     only for the once-per-step reference forward (what a 14B run needs)."""
+    offload_during_rollout: bool = False
+    """With `rollout.colocate`: free the fp32 gradient buffers and move the optimizer state (fp32
+    master weights, Adam moments) to pinned host memory from the end of training until the next
+    rollout is over, so the colocated engines get that memory (`s2l plan` shows both layouts). The
+    bf16 weights stay on the GPU (the weight sync and the checkpoint read them). No effect without
+    colocate."""
 
     def __post_init__(self) -> None:
         if self.vocab_pad_multiple < 1:

@@ -16,13 +16,20 @@ import json
 from pathlib import Path
 
 from megatron_s2l.archs import ModelArch, load_arch
-from megatron_s2l.plan.memory import EnginePlan, LearnerPlan, RunPlan, explorer_pool_is_live, plan_run
+from megatron_s2l.plan.memory import (
+    ColocatedPlan,
+    EnginePlan,
+    LearnerPlan,
+    RunPlan,
+    explorer_pool_is_live,
+    plan_run,
+)
 
 EXIT_DOES_NOT_FIT = 3
 
 PLACEMENT_NOTE = (
-    "engines are planned on GPUs of their own: the config places no engine on a GPU (SGLang takes "
-    "the first GPUs its process sees), so engines started beside a learner rank would share its GPUs"
+    "engines the trainer starts take the node's GPUs after its learner ranks' (and are planned on GPUs "
+    "of their own); with rollout.colocate the learner engines share the learner ranks' GPUs"
 )
 
 
@@ -74,6 +81,7 @@ def format_plan(plan: RunPlan, notes: list[str]) -> str:
         "",
         *format_engines(plan.engines, plan.gpu_mem_gib),
         "",
+        *(format_colocated(plan.colocated, plan.gpu_mem_gib) if plan.colocated else []),
         f"GPUs: learner {gpus['learner']} + engines {gpus['engines']} = {gpus['total']}",
         *(f"note: {note}" for note in notes),
     ]
@@ -132,3 +140,20 @@ def format_engines(engines: list[EnginePlan], gpu_mem_gib: float) -> list[str]:
         for e in engines
     ]
     return [header, *rows]
+
+
+def format_colocated(plan: ColocatedPlan, gpu_mem_gib: float) -> list[str]:
+    lines = [
+        f"colocated (rollout.colocate): a learner rank and a learner engine per GPU of {gpu_mem_gib:g} GiB"
+    ]
+    for layout in (plan.resident, plan.offloaded):
+        chosen = " <- configured" if layout is plan.chosen else ""
+        what = "gradients + optimizer offloaded" if layout.offload else "learner state resident"
+        learner, engine = layout.learner_resident_gib, layout.rollout_gib - layout.learner_resident_gib
+        lines.append(
+            f"  {what:<33} rollout {layout.rollout_gib:6.1f} GiB (learner {learner:.1f} + engine "
+            f"{engine:.1f}, {layout.engine.kv_tokens:,} KV tokens, {layout.engine.sequences_at_once:,} "
+            f"sequences), training {layout.training_gib:.1f} GiB, host {layout.host_gib:.1f} GiB: "
+            f"{'fits' if layout.fits else 'does NOT fit'}{chosen}"
+        )
+    return [*lines, ""]

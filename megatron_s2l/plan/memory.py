@@ -48,6 +48,19 @@ SGLang engines (per GPU of a server at TP t, dtype bf16 unless set):
     sequences at once  = KV tokens // (max_prompt_tokens + max_new_tokens)
 capped by the engine's max_total_tokens, context_length and max_running_requests when set. An unset
 mem_fraction_static is planned as SGLang 0.5's default on GPUs above 60 GB: (memory - 10 GiB) / memory.
+
+Colocated (`rollout.colocate`: each learner engine on learner ranks' GPUs). SGLang 0.5.23 sizes its
+pool once, at start-up, from the memory free *then* (`KVCacheConfigurator._profile_available_bytes`:
+KV budget = free after its weights - free before them x (1 - mem_fraction_static)), so with R GiB of
+learner state resident when the engine starts:
+    engine pool (weights + KV) = mem_fraction_static x (GPU memory - R)
+    per GPU during rollouts    = R + engine pool       (the rest is SGLang's runtime headroom)
+    per GPU during training    = the learner's peak    (the engines have released weights, KV cache
+                                                        and CUDA graphs)
+R is the learner's weights, gradients and optimizer state (all of it: the trainer creates the Adam
+state before the engines start), plus the KL reference when it lives on the GPU; with
+`learner.offload_during_rollout` the gradients and optimizer state are on the host then, so R is the
+weights (+ reference), and the host needs the difference in pinned memory per GPU.
 """
 
 from __future__ import annotations
@@ -151,6 +164,48 @@ class EnginePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class ColocatedLayout:
+    """One GPU shared by a learner rank and a learner engine, for one choice of what stays resident."""
+
+    offload: bool
+    """Whether gradients and optimizer state are on the host during rollouts."""
+    learner_resident_gib: float
+    """Learner state on the GPU while the engine starts and generates."""
+    host_gib: float
+    """Pinned host memory this GPU's learner rank needs for what it offloads."""
+    engine: EnginePlan
+    """The engine's pool, sized against the memory the resident learner leaves."""
+    rollout_gib: float
+    """Per GPU during rollouts: learner resident + engine pool."""
+    training_gib: float
+    """Per GPU during log-probs and training: the learner's peak (engines released)."""
+    fits: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ColocatedPlan:
+    """Both choices, and the one the config makes (`learner.offload_during_rollout`)."""
+
+    offload_configured: bool
+    resident: ColocatedLayout
+    offloaded: ColocatedLayout
+
+    @property
+    def chosen(self) -> ColocatedLayout:
+        return self.offloaded if self.offload_configured else self.resident
+
+    def to_dict(self) -> dict:
+        return {
+            "offload_configured": self.offload_configured,
+            "without_offload": self.resident.to_dict(),
+            "with_offload": self.offloaded.to_dict(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class RunPlan:
     """The learner and every engine pool a run starts, against one GPU's memory."""
 
@@ -159,6 +214,8 @@ class RunPlan:
     engines: list[EnginePlan]
     reasons: list[str]
     """Why the plan does not fit (empty when it does)."""
+    colocated: ColocatedPlan | None = None
+    """The learner engines on the learner's GPUs (`rollout.colocate`); None otherwise."""
 
     @property
     def fits(self) -> bool:
@@ -167,7 +224,8 @@ class RunPlan:
     @property
     def gpus(self) -> dict[str, int]:
         learner = self.learner.setup
-        engines = sum(e.num_engines * e.tp for e in self.engines)
+        own = [e for e in self.engines if not (self.colocated and e.pool == "learner")]
+        engines = sum(e.num_engines * e.tp for e in own)  # colocated engines take no GPU of their own
         total = learner.tp * learner.pp * learner.dp + engines
         return {"learner": total - engines, "engines": engines, "total": total}
 
@@ -179,6 +237,7 @@ class RunPlan:
             "gpus": self.gpus,
             "learner": self.learner.to_dict(),
             "engines": [e.to_dict() for e in self.engines],
+            "colocated": self.colocated.to_dict() if self.colocated else None,
         }
 
 
@@ -313,18 +372,25 @@ def dtype_bytes(dtype: str) -> int:
 
 
 def plan_engine_pool(
-    pool: str, arch: ModelArch, cfg: EnginePoolConfig, seq_tokens: int, gpu_mem_gib: float
+    pool: str,
+    arch: ModelArch,
+    cfg: EnginePoolConfig,
+    seq_tokens: int,
+    gpu_mem_gib: float,
+    free_at_start_gib: float | None = None,
 ) -> EnginePlan:
-    """`seq_tokens`: prompt + max_new_tokens of the pool's sampling."""
+    """`seq_tokens`: prompt + max_new_tokens of the pool's sampling; `free_at_start_gib`: GPU memory
+    free when the engine starts (colocated: less what the learner holds), default all of it."""
     engine = cfg.engine
     width = dtype_bytes(engine.dtype)
     fraction = engine.mem_fraction_static
-    if fraction is None:
+    if fraction is None:  # SGLang's default depends on the device's capacity, not on what is free
         fraction = max(gpu_mem_gib - SGLANG_DEFAULT_RESERVE_GIB, 0) / gpu_mem_gib
+    free = gpu_mem_gib if free_at_start_gib is None else free_at_start_gib
     weights = arch.param_count() * width / engine.tp
     kv_heads = max(1, arch.num_key_value_heads // engine.tp)  # TP > KV heads: SGLang replicates them
     kv_per_token = 2 * arch.num_hidden_layers * kv_heads * arch.head_dim * width
-    kv_bytes = max(fraction * gpu_mem_gib * GIB - weights, 0.0)
+    kv_bytes = max(fraction * free * GIB - weights, 0.0)
     kv_tokens = int(kv_bytes // kv_per_token)
     if engine.max_total_tokens is not None:
         kv_tokens = min(kv_tokens, engine.max_total_tokens)
@@ -393,9 +459,72 @@ def plan_run(
         seq = prompt + rollout.explorer_sampling.max_new_tokens
         engines.append(plan_engine_pool("explorer", explorer_arch, rollout.explorer, seq, gpu_mem_gib))
     reasons = learner_reasons(learner, gpu_mem_gib)
-    for engine in engines:
-        reasons += engine_reasons(engine, gpu_mem_gib)
-    return RunPlan(gpu_mem_gib=gpu_mem_gib, learner=learner, engines=engines, reasons=reasons)
+    colocated = None
+    if rollout.colocate:
+        seq = prompt + rollout.learner_sampling.max_new_tokens
+        colocated = plan_colocated(learner, learner_arch, rollout.learner, seq, gpu_mem_gib, cfg)
+        engines[0] = colocated.chosen.engine
+        reasons += colocated_reasons(colocated, gpu_mem_gib)
+        for engine in engines[1:]:
+            reasons += engine_reasons(engine, gpu_mem_gib)
+    else:
+        for engine in engines:
+            reasons += engine_reasons(engine, gpu_mem_gib)
+    return RunPlan(
+        gpu_mem_gib=gpu_mem_gib, learner=learner, engines=engines, reasons=reasons, colocated=colocated
+    )
+
+
+def plan_colocated(
+    learner: LearnerPlan,
+    arch: ModelArch,
+    pool: EnginePoolConfig,
+    seq_tokens: int,
+    gpu_mem_gib: float,
+    cfg: S2LConfig,
+) -> ColocatedPlan:
+    """The learner engines on the learner's GPUs, with and without offloading (module doc)."""
+    parts = learner.gib
+    always = parts["weights"] + parts["reference"]  # what offload_during_rollout keeps on the GPU
+    offloadable = parts["grads"] + parts["optimizer"]
+
+    def layout(offload: bool) -> ColocatedLayout:
+        resident = always + (0.0 if offload else offloadable)
+        engine = plan_engine_pool("learner", arch, pool, seq_tokens, gpu_mem_gib, gpu_mem_gib - resident)
+        pool_gib = engine.mem_fraction_static * max(gpu_mem_gib - resident, 0.0)
+        return ColocatedLayout(
+            offload=offload,
+            learner_resident_gib=resident,
+            host_gib=offloadable if offload else 0.0,
+            engine=engine,
+            rollout_gib=resident + pool_gib,
+            training_gib=learner.total_gib,
+            fits=engine.fits and learner.fits,
+        )
+
+    return ColocatedPlan(
+        offload_configured=cfg.learner.offload_during_rollout, resident=layout(False), offloaded=layout(True)
+    )
+
+
+def colocated_reasons(plan: ColocatedPlan, gpu_mem_gib: float) -> list[str]:
+    """Why the colocated layout the config chooses does not fit, and what offloading would change."""
+    chosen = plan.chosen
+    if chosen.engine.fits:
+        return []
+    reasons = [
+        f"colocated learner engine: {chosen.learner_resident_gib:.1f} GiB of learner state resident at "
+        f"its start leaves a pool of {chosen.engine.mem_fraction_static:g} x "
+        f"{gpu_mem_gib - chosen.learner_resident_gib:.1f} GiB: "
+        + engine_reasons(chosen.engine, gpu_mem_gib)[0]
+    ]
+    if not plan.offload_configured and plan.offloaded.engine.fits:
+        reasons.append(
+            f"set learner.offload_during_rollout=true: gradients and optimizer state "
+            f"({plan.offloaded.host_gib:.1f} GiB per GPU) then wait in host memory during rollouts and "
+            f"the engine holds {plan.offloaded.engine.kv_tokens:,} KV tokens"
+        )
+    return reasons
 
 
 def explorer_pool_is_live(cfg: S2LConfig) -> bool:

@@ -14,17 +14,18 @@ really freed and regained needs a GPU: tools/colocate_check.py.
 from __future__ import annotations
 
 import pytest
-from rollout_reference import engine_greedy, hf_greedy, load_hf_model
+from rollout_reference import RUN_API_KEY, engine_greedy, hf_greedy, load_hf_model
 
-from megatron_s2l.rollout.colocate import KV_CACHE, MEMORY_SAVER_FLAG, WEIGHTS, Colocation
+from megatron_s2l.rollout.colocate import CUDA_GRAPH, KV_CACHE, MEMORY_SAVER_FLAG, WEIGHTS, Colocation
 from megatron_s2l.rollout.config import EngineConfig, EnginePoolConfig
+from megatron_s2l.rollout.http import bearer
 from megatron_s2l.rollout.pool import EnginePool
 from megatron_s2l.rollout.server import EngineServer
 from megatron_s2l.sync.config import SyncConfig
 from megatron_s2l.sync.manifest import read_weight_manifest
 from megatron_s2l.sync.weight_sync import WeightSync, pool_endpoints
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sglang]
 
 NEW_TOKENS = 8
 PROMPT = [11, 57, 203, 9, 141, 77]
@@ -40,6 +41,7 @@ def test_memory_saver_server_exits_at_start_on_cpu(tiny_models, tmp_path) -> Non
         tiny_models["learner"], _engine(extra_args=[MEMORY_SAVER_FLAG]), tmp_path / "saver.log"
     )
     assert server.process.env["SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION"] == "false"
+    assert server.process.env["SGLANG_MEMORY_SAVER_CUDA_GRAPH"] == "true"  # cuda_graph tag frees memory
     with pytest.raises(RuntimeError, match="exited with code") as failure:
         server.start()
     assert "torch_memory_saver" in str(failure.value) or "torch-memory-saver" in str(failure.value)
@@ -62,10 +64,13 @@ def test_release_resume_around_a_weight_sync_keeps_the_server_and_loads_the_new_
         )
         try:
             for version in ("1", "2"):
-                colocation.release()
-                assert colocation.released == {url: {KV_CACHE, WEIGHTS}}
+                if version == "2":  # a request the client gives up on still runs in the server
+                    _abandon_a_long_request(url)
+                    assert pool.in_flight.get(url, 0) == 0
+                colocation.release()  # waits for it (/flush_cache): a release now would kill the server
+                assert colocation.released == {url: {KV_CACHE, WEIGHTS, CUDA_GRAPH}}
                 colocation.resume_weights()
-                assert colocation.released == {url: {KV_CACHE}}
+                assert colocation.released == {url: {KV_CACHE, CUDA_GRAPH}}
                 pool.weight_version = version  # as megatron_s2l.train.sync_learner_engines does
                 result = sync.update(load_hf_model(str(target)).named_parameters(), version=version)
                 assert result.updated == [url]
@@ -78,6 +83,20 @@ def test_release_resume_around_a_weight_sync_keeps_the_server_and_loads_the_new_
         finally:
             sync.close()
         pool.check_weight_versions()
+    log = "\n".join(path.read_text(errors="replace") for path in tmp_path.rglob("*.log"))
+    assert "Cache not flushed because there are pending requests" in log, "the abandoned request ran"
+
+
+def _abandon_a_long_request(url: str) -> None:
+    """Start a long greedy generation and give up on it after 0.3 s (as a client time-out does)."""
+    import httpx
+
+    payload = {
+        "input_ids": PROMPT,
+        "sampling_params": {"temperature": 0.0, "max_new_tokens": 500, "ignore_eos": True},
+    }
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(url + "/generate", json=payload, headers=bearer(RUN_API_KEY), timeout=0.3)
 
 
 # The trainer's processes get this on PYTHONPATH: on CPU the memory saver cannot start, so the two

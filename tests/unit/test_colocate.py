@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import megatron_s2l.rollout.http as engine_http
-from megatron_s2l.rollout.colocate import KV_CACHE, WEIGHTS, Colocation, colocate_config_errors
+from megatron_s2l.rollout.colocate import CUDA_GRAPH, KV_CACHE, WEIGHTS, Colocation, colocate_config_errors
 from megatron_s2l.rollout.config import EngineConfig, EnginePoolConfig, RolloutConfig
 from megatron_s2l.rollout.http import EngineRequestError
 
@@ -23,18 +23,29 @@ A, B = "http://127.0.0.1:1001", "http://127.0.0.1:1002"
 
 class Recorder:
     """Stands in for `httpx.post`: records (what, url, tag) and answers as SGLang does (200, `null`),
-    or with `fail[(path, url, tag)]` as the status code."""
+    or with `fail[(path, url, tag)]` as the status code. `/flush_cache` is recorded as
+    ("flush", url, None) and answers 400 (SGLang: requests still run) `busy[url]` times first."""
 
-    def __init__(self, calls: list, fail: dict | None = None) -> None:
-        self.calls, self.fail = calls, fail or {}
+    def __init__(self, calls: list, fail: dict | None = None, busy: dict | None = None) -> None:
+        self.calls, self.fail, self.busy = calls, fail or {}, dict(busy or {})
 
     def __call__(self, url: str, *, json: dict, headers: dict, timeout: float) -> httpx.Response:
         base, path = url.rsplit("/", 1)
+        if path == "flush_cache":
+            self.calls.append(("flush", base, None))
+            if self.busy.get(base, 0) > 0:
+                self.busy[base] -= 1
+                return httpx.Response(400, content=b"Cache not flushed: pending requests")
+            return httpx.Response(200, content=b"Cache flushed.")
         (tag,) = json["tags"]
         what = {"release_memory_occupation": "release", "resume_memory_occupation": "resume"}[path]
         self.calls.append((what, base, tag))
         status = self.fail.get((what, base, tag), 200)
         return httpx.Response(status, content=b"null", headers={"content-type": "application/json"})
+
+
+def _no_flush(calls: list) -> list:
+    return [c for c in calls if c[0] != "flush"]
 
 
 def _pool(*urls: str) -> SimpleNamespace:
@@ -53,17 +64,26 @@ def test_phase_boundaries_release_kv_then_weights_and_resume_weights_before_kv(c
     colocation = Colocation(_pool(A, B), enabled=True)
     colocation.release()
     assert calls == [
+        ("flush", A, None),  # each engine is idle first (a 200 from /flush_cache)
+        ("flush", B, None),
         ("release", A, KV_CACHE),
         ("release", B, KV_CACHE),
         ("release", A, WEIGHTS),
         ("release", B, WEIGHTS),
+        ("release", A, CUDA_GRAPH),
+        ("release", B, CUDA_GRAPH),
     ]
     calls.clear()
     colocation.resume_weights()  # before the sync: the sync writes into the weights' memory
     assert calls == [("resume", A, WEIGHTS), ("resume", B, WEIGHTS)]
     calls.clear()
-    colocation.resume_kv_cache()
-    assert calls == [("resume", A, KV_CACHE), ("resume", B, KV_CACHE)]
+    colocation.resume_kv_cache()  # the CUDA graphs come back with the KV cache (slime: onload_kv)
+    assert calls == [
+        ("resume", A, KV_CACHE),
+        ("resume", B, KV_CACHE),
+        ("resume", A, CUDA_GRAPH),
+        ("resume", B, CUDA_GRAPH),
+    ]
     assert colocation.released == {}
     calls.clear()
     colocation.resume_kv_cache()  # nothing is released: a second resume would kill the servers
@@ -108,7 +128,8 @@ def test_a_server_dropped_while_released_is_not_resumed(calls) -> None:
     calls.clear()
     colocation.resume_weights()
     colocation.resume_kv_cache()
-    assert calls == [("resume", A, WEIGHTS), ("resume", A, KV_CACHE)] and colocation.released == {}
+    assert calls == [("resume", A, WEIGHTS), ("resume", A, KV_CACHE), ("resume", A, CUDA_GRAPH)]
+    assert colocation.released == {}
 
 
 def test_a_dropped_connection_names_the_server_log(monkeypatch) -> None:
@@ -116,8 +137,31 @@ def test_a_dropped_connection_names_the_server_log(monkeypatch) -> None:
         raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
 
     monkeypatch.setattr(engine_http.httpx, "post", refuse)
+    with pytest.raises(EngineRequestError, match=f"{A} still runs requests.*{A}/flush_cache"):
+        Colocation(_pool(A), enabled=True, idle_timeout_s=0.2).release()
+    monkeypatch.setattr(Colocation, "_wait_until_idle", lambda self, server: None)
     with pytest.raises(EngineRequestError, match=f"kv_cache: {A}/release_memory_occupation.*see its log"):
         Colocation(_pool(A), enabled=True).release()
+
+
+def test_release_waits_until_a_request_the_client_abandoned_is_done(monkeypatch) -> None:
+    """The client's in-flight count is 0 (it gave up on a request), but the server still runs it:
+    /flush_cache answers 400 until it is done; only then may the release go out (SGLang's scheduler
+    dies of a release while a request runs)."""
+    recorded: list = []
+    monkeypatch.setattr(engine_http.httpx, "post", Recorder(recorded, busy={B: 3}))
+    Colocation(_pool(A, B), enabled=True).release()
+    assert [c for c in recorded if c[0] == "flush"] == [("flush", A, None)] + [("flush", B, None)] * 4
+    first_release = next(i for i, c in enumerate(recorded) if c[0] == "release")
+    assert first_release == 5, "no release before every engine answered /flush_cache with 200"
+
+
+def test_release_is_refused_when_an_engine_stays_busy_past_the_limit(monkeypatch) -> None:
+    recorded: list = []
+    monkeypatch.setattr(engine_http.httpx, "post", Recorder(recorded, busy={A: 10**6}))
+    with pytest.raises(EngineRequestError, match=r"still runs requests after 0\.3 s"):
+        Colocation(_pool(A), enabled=True, idle_timeout_s=0.3).release()
+    assert _no_flush(recorded) == [], "nothing released: the busy server would have died"
 
 
 def test_resume_weights_frees_the_ranks_cache_and_waits_for_every_rank_first(monkeypatch, calls) -> None:
@@ -133,9 +177,13 @@ def test_resume_weights_frees_the_ranks_cache_and_waits_for_every_rank_first(mon
     monkeypatch.setattr(dist, "barrier", lambda *a, **k: events.append(("barrier",)))
     driver = Colocation(_pool(A), enabled=True)
     driver.release()
+    assert events[-1] == ("barrier",), "every rank meets after the release, before anyone allocates"
     events.clear()
     driver.resume_weights()
     assert events == [("empty_cache",), ("barrier",), ("resume", A, WEIGHTS)]
+    events.clear()
+    driver.resume_kv_cache()  # the sync's buffers go back before the KV cache is mapped again
+    assert events == [("empty_cache",), ("barrier",), ("resume", A, KV_CACHE), ("resume", A, CUDA_GRAPH)]
     events.clear()
     Colocation(None, enabled=True).resume_weights()
     assert events == [("empty_cache",), ("barrier",)]
@@ -190,3 +238,28 @@ def test_preflight_refuses_colocate_on_cpu(monkeypatch) -> None:
     with pytest.raises(ConfigError, match=r"rollout\.colocate needs CUDA.*sync\.transport=tensor"):
         preflight(cfg)
     preflight(load_config(ROOT / "yaml" / "demo-cpu.yaml"))  # the same run without colocate passes
+
+
+def test_learner_state_comes_back_after_the_release_and_leaves_before_the_weights_resume(
+    monkeypatch, calls
+) -> None:
+    """With learner.offload_during_rollout: the learner reloads only after every rank met past the
+    engines' release, and offloads before the ranks meet to let the engines take their weights."""
+    import torch
+    import torch.distributed as dist
+
+    events = calls
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append(("empty_cache",)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: events.append(("barrier",)))
+    learner = SimpleNamespace(
+        reload=lambda: events.append(("learner", "reload")),
+        offload=lambda: events.append(("learner", "offload")),
+    )
+    colocation = Colocation(_pool(A), enabled=True, learner=learner)
+    colocation.release()
+    assert _no_flush(events)[-3:] == [("release", A, CUDA_GRAPH), ("barrier",), ("learner", "reload")]
+    events.clear()
+    colocation.resume_weights()
+    assert events == [("learner", "offload"), ("empty_cache",), ("barrier",), ("resume", A, WEIGHTS)]

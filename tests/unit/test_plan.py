@@ -208,3 +208,65 @@ def test_train_refuses_a_run_that_does_not_fit(tmp_path: Path, capsys: pytest.Ca
     assert "does NOT fit" in capsys.readouterr().out
     check_memory_plan(load_config(ROOT / "yaml/qwen3-14b-s2l.yaml", base), 80.0)
     assert "fits" in capsys.readouterr().out
+
+
+CONFIG_32B = str(ROOT / "yaml" / "qwen3-32b-s2l.yaml")  # TP 8 x PP 2 over two nodes
+
+
+def test_32b_layout_fits_with_two_pipeline_stages(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out = plan(capsys, CONFIG_32B)
+    assert status == 0 and out["fits"], out["reasons"]
+    setup = out["learner"]["setup"]
+    assert (setup["tp"], setup["pp"], setup["dp"]) == (8, 2, 1)
+    assert out["gpus"] == {"learner": 16, "engines": 6 * 4 + 8, "total": 48}
+    assert len(out["learner"]["params_per_stage"]) == 2
+    status, out = plan(capsys, CONFIG_32B, "ranks=8", "learner.parallel.pipeline_parallel=1")
+    assert status == EXIT_DOES_NOT_FIT, "one node cannot hold the 32B learner: the header says so"
+
+
+def test_colocated_per_gpu_totals_with_and_without_offload(capsys: pytest.CaptureFixture[str]) -> None:
+    """8B at TP 2 x DP 4 (distributed optimizer), 3 learner engines of TP 2 on the learner's GPUs:
+    by hand, resident = weights 2 + grads 4 + optimizer 12 / DP 4 bytes per parameter; offloaded,
+    only the weights; the engine's pool is mem_fraction_static x (80 GiB - resident) (SGLang sizes it
+    from the memory free at its start)."""
+    status, out = plan(capsys, CONFIG_8B, "rollout.colocate=true")
+    assert status == 0, out["reasons"]
+    assert out["gpus"] == {"learner": 8, "engines": 2, "total": 10}  # only the explorer's own GPUs
+    resident = PARAMS_8B_TP2 * (2 + 4 + 12 / 4) / GIB
+    weights = PARAMS_8B_TP2 * 2 / GIB
+    without, with_ = out["colocated"]["without_offload"], out["colocated"]["with_offload"]
+    assert without["learner_resident_gib"] == pytest.approx(resident)
+    assert with_["learner_resident_gib"] == pytest.approx(weights)
+    assert with_["host_gib"] == pytest.approx(resident - weights)
+    for layout, held in ((without, resident), (with_, weights)):
+        assert layout["rollout_gib"] == pytest.approx(held + 0.8 * (80 - held))
+        assert layout["training_gib"] == pytest.approx(out["learner"]["total_gib"])
+        engine_weights = 8_190_735_360 * 2 / 2 / GIB  # Qwen3-8B parameters, bf16, TP 2
+        assert layout["engine"]["kv_cache_gib"] == pytest.approx(0.8 * (80 - held) - engine_weights)
+    assert with_["engine"]["kv_tokens"] > without["engine"]["kv_tokens"]
+    assert out["engines"][0] == without["engine"], "the configured layout (no offload) is the one planned"
+
+
+def test_colocated_plan_says_what_to_offload(capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's example: 8B at TP 1 x DP 8 with one engine per GPU. At mem_fraction_static 0.5 the
+    engine's share of what the resident learner leaves is smaller than its weights; with the
+    gradients and optimizer state offloaded it fits."""
+    overrides = [
+        "learner.parallel.tensor_parallel=1",
+        "rollout.colocate=true",
+        "rollout.learner.num_engines=8",
+        "rollout.learner.engine.tp=1",
+        "rollout.learner.engine.mem_fraction_static=0.5",
+    ]
+    status, out = plan(capsys, CONFIG_8B, *overrides)
+    assert status == EXIT_DOES_NOT_FIT
+    assert any("colocated learner engine" in r for r in out["reasons"])
+    assert any("learner.offload_during_rollout=true" in r for r in out["reasons"])
+    status, out = plan(capsys, CONFIG_8B, *overrides, "learner.offload_during_rollout=true")
+    assert status == 0 and out["colocated"]["offload_configured"], out["reasons"]
+
+
+def test_placement_note_is_not_the_stale_one(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out = plan(capsys, CONFIG_8B)
+    assert not any("places no engine on a GPU" in note for note in out["notes"])
+    assert any("after its learner ranks'" in note for note in out["notes"])
