@@ -15,7 +15,8 @@
 #
 # The machine it is written for: Python 3.12 with torch 2.11, triton 3.6, transformers and pytest,
 # NO megatron-core and no network. megatron-core comes from wheels shipped in .whl/ at the repository
-# root (any other wheel there, e.g. liger-kernel, is installed too), into /tmp/site:
+# root (any other wheel there, e.g. liger-kernel, is installed too), into a private temporary directory
+# (GPU_CHECK_SITE to keep one; the default one is removed at exit):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 -d .whl megatron-core==0.16.1
@@ -56,7 +57,14 @@ BUDGET_S=${GPU_CHECK_BUDGET_S:-450}
 RESERVE_S=25 # kept for each step still to come
 START=$(date +%s)
 WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
-SITE=${GPU_CHECK_SITE:-/tmp/site}
+# The wheels go to a fresh private directory (mktemp -d: 0700, unpredictable name), removed at exit: a
+# fixed /tmp path first on PYTHONPATH would run whatever another local user put there first.
+if [ -n "${GPU_CHECK_SITE:-}" ]; then
+    SITE=$GPU_CHECK_SITE
+else
+    SITE=$(mktemp -d /tmp/gpu_check_site.XXXXXX)
+    trap 'rm -rf "$SITE"' EXIT
+fi
 SHIM=$WORK/shim
 if [ -z "${PYTHON:-}" ] && [ "$DRY_RUN" = 1 ] && [ -x "$REPO/.venv/bin/python" ]; then
     PYTHON=$REPO/.venv/bin/python
@@ -246,10 +254,22 @@ run_step "learner step, fused output layer (no whole logits): qwen3-8b widths, 4
     '$PY tools/bench_learner_step.py --shape qwen3-8b --num-layers 4 --batch 8 --seq-len 2048 --steps 2 --fused-output' \
     '$PY tools/bench_learner_step.py --cpu-smoke --fused-output'
 
+# Colocated mode, the learner's side (issue 19): on CUDA the offload moves the optimizer state to
+# pinned host memory and frees the gradient buffers; metrics, weights and a checkpoint round trip
+# must equal a learner that never offloads (bf16 there, fp32 on CPU). Unverified until this runs.
+run_step "learner offload between steps on CUDA (colocated mode)" 120 1 \
+    "$PYTEST $REPO/tests/integration/test_learner_offload.py"
+
 # What is left of the budget: Megatron's default fp32 logits, with the entropy, at the TP 2 width.
 run_step "kernel benchmark: fp32 logits with entropy, width 76,032" 60 0 \
     '$PY tools/bench_kernels.py --dtype fp32 --widths 76032 --compile-widths --iters 10 --warmup 2' \
     '$PY tools/bench_kernels.py --dtype fp32 --cpu-smoke --widths 150'
+
+# Weight sync, `tensor` transport: the per-TP-rank CUDA IPC payload (flattened bucket, one
+# serialization per consumer) opened by two processes, as SGLang's TP ranks do (no server).
+run_step "weight sync: tensor transport CUDA IPC payload, 2 consumers" 60 0 \
+    '$PY tools/check_tensor_ipc.py --ranks 2' \
+    '$PY tools/check_tensor_ipc.py --cpu-smoke'
 
 write_report
 FAILED=0
