@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast lint clean
 setup: $(VENV)/.installed
 
 # Order matters: the pinned CPU torch goes in first so that no later resolver pulls a CUDA build;
@@ -30,8 +30,15 @@ demo: setup
 
 # NOTE: the pytest script, not `python -m pytest`: the latter puts the repo root on sys.path, where
 # the kernels/ folder would shadow Hugging Face's `kernels` package that transformers looks up.
+# Two pytest-xdist workers: the server-backed tests in one, in order (their session servers are
+# shared), every other module whole in either (tests/conftest.py sets the groups; docs/testing.md).
+PYTEST_PARALLEL := -n 2 --dist loadgroup
 test: setup
-	$(VENV)/bin/pytest tests
+	$(VENV)/bin/pytest tests $(PYTEST_PARALLEL) --durations=15
+
+# The inner loop: unit tests and the integration tests that start no SGLang server.
+test-fast: setup
+	$(VENV)/bin/pytest tests -m "not sglang" $(PYTEST_PARALLEL) --durations=10
 
 lint: setup
 	$(VENV)/bin/ruff check .

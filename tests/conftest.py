@@ -11,8 +11,21 @@ if not torch.cuda.is_available():
 
 import pytest
 
+# Fixtures that start SGLang servers: a test that uses one is marked `sglang` (as are the files that
+# start servers themselves), so that `make test-fast` (-m "not sglang") never waits for a server.
+SERVER_FIXTURES = {"rollout_engines", "served", "served_models"}
 
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.sglang)
+        # Under `pytest -n 2 --dist loadgroup` (make test): the server-backed tests run in one worker,
+        # in order, sharing the session's servers; every other module runs whole in one worker, so
+        # that its module-scoped fixtures (Megatron ranks, runs) are built once.
+        group = "sglang" if "sglang" in item.keywords else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")

@@ -24,25 +24,31 @@ from megatron_s2l.rollout.config import EnginePoolConfig, RolloutConfig
 from megatron_s2l.rollout.explorer_cache import ExplorerCache
 from megatron_s2l.rollout.loop_thread import LoopThread
 from megatron_s2l.rollout.placement import plan_cpu_cores, plan_engine_gpus, visible_gpus
-from megatron_s2l.rollout.pool import EnginePool
+from megatron_s2l.rollout.pool import EnginePool, start_side_by_side
 from megatron_s2l.rollout.sampler import S2LGroupSampler
 from megatron_s2l.rollout.tokenizer_check import check_same_tokenizer
 
 T = TypeVar("T")
 
 
-def _learner_gpus() -> tuple[list[str], int]:
-    """This node's visible GPUs and how many of them its learner ranks use (local rank i: GPU i)."""
-    learner_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+def _learner_gpus(learner_ranks: int | None) -> tuple[list[str], int]:
+    """This node's visible GPUs and how many of them its learner ranks use (local rank i: GPU i).
+    `learner_ranks` None: a training process, whose learner ranks torchrun (or spawn_local_ranks)
+    counted in LOCAL_WORLD_SIZE / WORLD_SIZE; a process without learner ranks (the measured bench)
+    passes 0 rather than let an unset WORLD_SIZE reserve GPU 0 for a rank that does not exist."""
+    if learner_ranks is None:
+        learner_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
     return visible_gpus(), learner_ranks
 
 
-def _gpus_beside_the_learner(pools: list[EnginePoolConfig]) -> list[list[list[str]]]:
+def _gpus_beside_the_learner(
+    pools: list[EnginePoolConfig], learner_ranks: int | None
+) -> list[list[list[str]]]:
     """GPUs for engines started on the driver's node: those after the learner ranks' (local rank i
     uses GPU i), so that no engine shares a GPU with a learner rank."""
     if not pools:
         return []
-    gpus, learner_ranks = _learner_gpus()
+    gpus, learner_ranks = _learner_gpus(learner_ranks)
     try:
         return plan_engine_gpus([[pool.engine.tp] * pool.num_engines for pool in pools], gpus[learner_ranks:])
     except ValueError as error:
@@ -53,10 +59,10 @@ def _gpus_beside_the_learner(pools: list[EnginePoolConfig]) -> list[list[list[st
         ) from error
 
 
-def _gpus_of_the_learner(pool: EnginePoolConfig) -> list[list[str]]:
+def _gpus_of_the_learner(pool: EnginePoolConfig, learner_ranks: int | None) -> list[list[str]]:
     """GPUs for colocated learner engines (rollout.colocate): the learner ranks' own, engine i of TP
     t on the next t of them, so each engine shares its GPUs with learner ranks only."""
-    gpus, learner_ranks = _learner_gpus()
+    gpus, learner_ranks = _learner_gpus(learner_ranks)
     try:
         return plan_engine_gpus([[pool.engine.tp] * pool.num_engines], gpus[:learner_ranks])[0]
     except ValueError as error:
@@ -70,8 +76,15 @@ class RolloutEngines:
     """The explorer pool (absent when a cache replaces it) and the learner pool of one run."""
 
     def __init__(
-        self, config: RolloutConfig, *, explorer_model: str | Path | None, learner_model: str | Path
+        self,
+        config: RolloutConfig,
+        *,
+        explorer_model: str | Path | None,
+        learner_model: str | Path,
+        learner_ranks: int | None = None,
     ) -> None:
+        """`learner_ranks`: learner ranks on this node, whose GPUs engines skip (None: this
+        process's torchrun count, `_learner_gpus`; 0 where no learner runs)."""
         self.config = config
         self.explorer_model = explorer_model
         if config.log_dir is None:
@@ -92,9 +105,10 @@ class RolloutEngines:
         # GPU engines get GPUs of their own after the learner ranks'; colocated learner engines take
         # the learner ranks' GPUs instead (the explorer is never colocated).
         colocated = config.colocate and "learner" not in on_cpu
-        gpus = {"learner": _gpus_of_the_learner(learner_pool)} if colocated else {}
+        gpus = {"learner": _gpus_of_the_learner(learner_pool, learner_ranks)} if colocated else {}
         on_gpu = [name for name in local if name not in on_cpu and name not in gpus]
-        gpus |= dict(zip(on_gpu, _gpus_beside_the_learner([local[name] for name in on_gpu]), strict=True))
+        beside = _gpus_beside_the_learner([local[name] for name in on_gpu], learner_ranks)
+        gpus |= dict(zip(on_gpu, beside, strict=True))
         self.explorer = (
             EnginePool(
                 "explorer",
@@ -125,10 +139,12 @@ class RolloutEngines:
         if self.explorer_model is not None:
             # Before any server starts: a mismatch is a configuration error, found in seconds.
             check_same_tokenizer(self.explorer_model, self.learner.model_path)
-        try:
-            if self.explorer is not None:
-                self.startup_seconds["explorer"] = self.explorer.start()
-            self.startup_seconds["learner"] = self.learner.start()
+        pools = {"explorer": self.explorer, "learner": self.learner}
+        pools = {name: pool for name, pool in pools.items() if pool is not None}
+        try:  # the pools start side by side: their engines have GPUs (or cores) of their own
+            self.startup_seconds = dict(
+                zip(pools, start_side_by_side([p.start for p in pools.values()]), strict=True)
+            )
         except BaseException:
             self.stop()
             raise

@@ -12,14 +12,32 @@ next weight sync reaches it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from megatron_s2l.rollout.config import EnginePoolConfig
 from megatron_s2l.rollout.http import http_get_json
-from megatron_s2l.rollout.server import EngineServer, ExternalServer, RouterServer, Server
+from megatron_s2l.rollout.server import RUN_API_KEY, EngineServer, ExternalServer, RouterServer, Server
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def start_side_by_side(starts: Sequence[Callable[[], T]]) -> list[T]:
+    """Call every `start` in a thread of its own and return their results in order. Servers load
+    side by side (minutes each for large models on a cluster); an error is raised only once every
+    call has returned, so that the caller can stop whatever did start."""
+    if len(starts) <= 1:
+        return [start() for start in starts]
+    with concurrent.futures.ThreadPoolExecutor(len(starts), thread_name_prefix="s2l-start") as executor:
+        futures = [executor.submit(start) for start in starts]
+    for future in futures:
+        if future.exception() is not None:
+            raise future.exception()
+    return [future.result() for future in futures]
 
 
 class EnginePool:
@@ -33,12 +51,18 @@ class EnginePool:
         log_dir: str | Path,
         cpu_cores: list[frozenset[int]] | None = None,
         gpu_ids: list[list[str]] | None = None,
+        generate_key: bool = True,
     ) -> None:
         """`cpu_cores` / `gpu_ids`: each server's cores on CPU, GPUs on CUDA
         (`megatron_s2l.rollout.placement`); None: all it sees. With `config.external_urls` the pool
-        attaches to those servers instead of starting its own."""
+        attaches to those servers instead of starting its own. `generate_key`: servers started here
+        without `engine.api_key_env` get this process's random key (`server.RUN_API_KEY`)."""
         self.name, self.model_path, self.config = name, str(model_path), config
         self.log_dir = Path(log_dir)
+        self.api_key = config.engine.api_key
+        """The key every server of the pool takes (the client and the weight sync send it)."""
+        if self.api_key is None and generate_key and not config.external_urls:
+            self.api_key = RUN_API_KEY
         self.servers: list[Server] = (
             [
                 ExternalServer(url, model_path, config.engine, name=f"{name}{i}")
@@ -54,6 +78,7 @@ class EnginePool:
                     port=config.engine.port and config.engine.port + i,
                     cpu_cores=cpu_cores[i] if cpu_cores else None,
                     gpu_ids=gpu_ids[i] if gpu_ids else None,
+                    generate_key=generate_key,
                 )
                 for i in range(config.num_engines)
             ]
@@ -71,18 +96,17 @@ class EnginePool:
         return [server.url for server in self.servers]
 
     def start(self) -> list[float]:
-        """Start every server (one after another: startup is CPU-bound); returns seconds per server."""
-        seconds = []
+        """Start every server, side by side (each on its own GPUs or cores); returns seconds per server."""
         try:
+            seconds = start_side_by_side([server.start for server in self.servers])
             for server in self.servers:
-                seconds.append(server.start())
                 self._register(server)
             if self.config.use_router:
                 self.router = RouterServer(
                     self.urls,
                     self.log_dir / f"{self.name}-router.log",
                     host=self.config.engine.host,
-                    api_key=self.config.engine.api_key,
+                    api_key=self.api_key,
                     device=self.config.engine.resolved_device(),
                 )
                 self.router.start()

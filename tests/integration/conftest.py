@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 from rollout_fixtures import rollout_engines, tiny_models  # noqa: F401  (rollout/sync server fixtures)
+from served_fixtures import served, served_models  # noqa: F401  (shared `s2l serve` engines)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from megatron_s2l.archs import load_arch
 from megatron_s2l.bench.rollout_flops import generation_flops
 from megatron_s2l.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sglang]
 
 NUM_GPUS = 0
 ROOT = Path(__file__).resolve().parents[2]

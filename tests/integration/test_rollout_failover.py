@@ -24,7 +24,7 @@ from megatron_s2l.rollout.sampler import S2LGroupSampler
 from megatron_s2l.rollout.sampling_params import SamplingConfig
 from megatron_s2l.rollout.server import EngineServer, PortInUseError
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sglang]
 
 NEW_TOKENS = 48
 GROUP = 8

@@ -15,7 +15,7 @@ from megatron_s2l.rollout.sampler import S2LGroupSampler
 from megatron_s2l.rollout.sampling_params import SamplingConfig
 from megatron_s2l.rollout.tokenizer_check import TokenizerMismatchError
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sglang]
 
 T_MIX, GROUP_SIZE = 4, 5
 

@@ -1,6 +1,11 @@
 """`s2l train` end to end on CPU with real SGLang engines (tiny demo models, a few steps):
 the schedule's G_w/G_s per step, learner engines re-synced every step while the explorer is never
-touched, finite losses, and exact resume after SIGKILL."""
+touched, finite losses, and exact resume after SIGKILL.
+
+Two runs start engines of their own (`full_run`, and the fault run that checks that a killed trainer's
+engines die with it); the others attach to the session's shared `s2l serve` engines (`served`), as
+a cluster job attaches to an engine node's, which saves two or three server starts per run.
+"""
 
 import contextlib
 import json
@@ -14,12 +19,13 @@ from pathlib import Path
 from signal import SIGKILL
 
 import pytest
+from served_fixtures import attach
 
 from megatron_s2l.algo import s2l_split
 from megatron_s2l.run.metrics import read_metrics
 from megatron_s2l.run.phases import read_status
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sglang]
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, T_MIX, GROUP = 4, 3, 4
@@ -112,62 +118,11 @@ def sglang_servers_of(model_dir: Path) -> list[int]:
     return pids
 
 
-def test_resume_after_sigkill_of_a_moved_run_matches_uninterrupted_run(demo, full_run: Path) -> None:
-    """SIGKILL the trainer after its step-2 checkpoint, move the run directory, resume it there: it
-    finishes in the new place, logs every step once, and the killed run left no engine behind."""
-    root = full_run.parent
-    proc = s2l("train", "--config", "yaml/demo-cpu.yaml", *overrides(demo, root, "killed"))
-    latest = root / "killed" / "checkpoints" / "latest"
-    deadline = time.monotonic() + 600
-    while not (latest.is_file() and latest.read_text() == "step_000002"):
-        assert proc.poll() is None, proc.communicate()[0][-4000:]
-        assert time.monotonic() < deadline, "no checkpoint at step 2"
-        time.sleep(0.2)
-    assert sglang_servers_of(demo.learner_dir), "the run's engines are up"
-    os.killpg(proc.pid, SIGKILL)
-    proc.communicate(timeout=60)
-    deadline = time.monotonic() + 30
-    while sglang_servers_of(demo.learner_dir) and time.monotonic() < deadline:
-        time.sleep(0.5)  # the engines die with their parent (PR_SET_PDEATHSIG)
-    assert not sglang_servers_of(demo.learner_dir), "an engine of the killed run is still running"
-    moved = root / "moved"
-    shutil.move(root / "killed", moved)
-
-    refused = s2l("train", "--resume", str(moved), "name=other")
-    out, _ = refused.communicate(timeout=120)
-    assert refused.returncode == 2 and "a resumed run stays in" in out, out[-2000:]
-    finish(s2l("train", "--resume", str(moved)))
-    assert not (root / "killed").exists()  # nothing written to the old place
-    assert (moved / "checkpoints" / "latest").read_text() == f"step_{STEPS:06d}"
-    assert any((moved / "engine-logs").iterdir())  # engine logs live in the run directory
-    logged = [json.loads(line)["step"] for line in (moved / "metrics.jsonl").read_text().splitlines()]
-    assert logged == list(range(STEPS + 1))  # each step exactly once, step 0 the eval before training
-
-    full = {r["step"]: r for r in read_metrics(full_run)}
-    resumed = {r["step"]: r for r in read_metrics(moved)}
-    # Exact after resume: schedule position, data order and weight versions (the learner's own state
-    # is restored bit-exactly: tests/integration/test_learner_checkpoint.py). Sampled tokens, and so
-    # rewards and losses, are not: SGLang 0.5.23 honours per-request sampling seeds only with
-    # --enable-deterministic-inference, which its CPU (torch_native) attention does not support.
-    exact = [
-        "schedule/g_explorer",
-        "schedule/g_learner",
-        "data/epoch",
-        "data/position",
-        "weight_version",
-        "rollout/learner_weight_version",
-    ]
-    for step in range(3, STEPS + 1):
-        for key in exact:
-            assert resumed[step][key] == full[step][key], (step, key)
-        assert math.isfinite(resumed[step]["loss/total"])
-    assert resumed[2]["data/position"] == full[2]["data/position"] > 0
-
-
-def test_ppo_mini_batches_and_kl_loss_then_changed_base_is_refused(demo, tmp_path: Path) -> None:
+def test_ppo_mini_batches_and_kl_loss_then_changed_base_is_refused(demo, served, tmp_path: Path) -> None:
     """The paper's update recipe at demo size: 4 optimizer updates per step over mini-batches of whole
-    groups, the KL loss to the frozen base, and requests far past the client's batch x concurrency."""
-    base = tmp_path / "learner-base"
+    groups, the KL loss to the frozen base, and requests far past the client's batch x concurrency
+    (on the shared engines, two for the learner)."""
+    base = tmp_path / "base" / demo.learner_dir.name  # attached engines are matched by directory name
     shutil.copytree(demo.learner_dir, base)
     extra = [
         f"model.learner={base}",
@@ -183,6 +138,7 @@ def test_ppo_mini_batches_and_kl_loss_then_changed_base_is_refused(demo, tmp_pat
         # entropy bonus moves the policy in every update all the same, so the later mini-batches
         # of a step see ratios away from 1 and the policy away from the reference.
         "algo.loss.entropy_coef=0.01",
+        *attach(served),
     ]
     run_dir = tmp_path / "ppo"
     finish(s2l("train", "--config", "yaml/demo-cpu.yaml", *overrides(demo, tmp_path, "ppo"), *extra))
@@ -214,47 +170,88 @@ def _logged_steps(run_dir: Path) -> list[int]:
     return steps
 
 
-def test_sigkill_in_each_phase_then_resume_finishes_with_each_step_once(demo, tmp_path: Path) -> None:
+def wait_for_phase(proc: subprocess.Popen, run_dir: Path, target: tuple[int, str]) -> None:
+    """Poll the run's status.json until it enters `target` = (step, phase)."""
+    deadline = time.monotonic() + 600
+    while (status := read_status(run_dir / "status.json")) is None or (
+        status["step"],
+        status["phase"],
+    ) != target:
+        assert proc.poll() is None, proc.communicate()[0][-4000:]
+        assert time.monotonic() < deadline, f"never reached {target}; last status {status}"
+        time.sleep(0.005)
+
+
+def kill_trainer(proc: subprocess.Popen, model_dir: Path) -> None:
+    """SIGKILL the trainer's process group; its engines (started by it: PR_SET_PDEATHSIG) die too."""
+    assert sglang_servers_of(model_dir), "the run's engines are up"
+    os.killpg(proc.pid, SIGKILL)
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while sglang_servers_of(model_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not sglang_servers_of(model_dir), "an engine of the killed trainer is still running"
+
+
+def test_sigkill_in_each_phase_then_resume_in_a_moved_directory(demo, full_run: Path) -> None:
     """SIGKILL the trainer as it enters a checkpoint write (step 1), the weight sync (step 2),
     training (step 3) and the rollout (step 4), read from the run's status.json, resuming after each
-    kill. The run finishes with every step logged exactly once, its last checkpoint in place, and no
-    engine of any killed trainer left running."""
-    run_dir = tmp_path / "chaos"
-    args = [*overrides(demo, tmp_path, "chaos"), "checkpoint.every_steps=1", "eval.every_steps=0"]
+    kill; after the third, the run directory is moved and resumed there. The run finishes in the new
+    place with every step logged exactly once, its last checkpoint in place, no engine of any killed
+    trainer left running, and the same schedule, data order and weight versions as an uninterrupted
+    run."""
+    root = full_run.parent
+    run_dir = root / "chaos"
+    args = [*overrides(demo, root, "chaos"), "checkpoint.every_steps=1", "eval.every_steps=0"]
     proc = s2l("train", "--config", "yaml/demo-cpu.yaml", *args)
-    seen = []
     for target in ((1, "checkpoint"), (2, "sync"), (3, "train"), (4, "rollout")):
-        deadline = time.monotonic() + 600
-        while (status := read_status(run_dir / "status.json")) is None or (
-            status["step"],
-            status["phase"],
-        ) != target:
-            assert proc.poll() is None, proc.communicate()[0][-4000:]
-            assert time.monotonic() < deadline, f"never reached {target}; last status {status}"
-            time.sleep(0.005)
-        os.killpg(proc.pid, SIGKILL)
-        seen.append(target)
-        proc.communicate(timeout=60)
-        deadline = time.monotonic() + 30
-        while sglang_servers_of(demo.learner_dir) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not sglang_servers_of(demo.learner_dir), f"an engine outlived the trainer killed at {target}"
+        wait_for_phase(proc, run_dir, target)
+        kill_trainer(proc, demo.learner_dir)
+        if target == (3, "train"):
+            moved = root / "moved"
+            shutil.move(run_dir, moved)
+            run_dir = moved
+            refused = s2l("train", "--resume", str(run_dir), "name=other")
+            out, _ = refused.communicate(timeout=120)
+            assert refused.returncode == 2 and "a resumed run stays in" in out, out[-2000:]
         proc = s2l("train", "--resume", str(run_dir))
     finish(proc)
-    assert len(seen) == 4
+    assert not (root / "chaos").exists()  # nothing written to the old place after the move
     assert _logged_steps(run_dir) == list(range(1, STEPS + 1))  # each step once, in order
     assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{STEPS:06d}"
+    assert any((run_dir / "engine-logs").iterdir())  # engine logs live in the run directory
     records = read_metrics(run_dir)
     assert all(math.isfinite(r["loss/total"]) for r in records)
     assert [r["weight_version"] for r in records] == list(range(1, STEPS + 1))
 
+    full = {r["step"]: r for r in read_metrics(full_run)}
+    resumed = {r["step"]: r for r in records}
+    # Exact after resume: schedule position, data order and weight versions (the learner's own state
+    # is restored bit-exactly: tests/integration/test_learner_checkpoint.py). Sampled tokens, and so
+    # rewards and losses, are not: SGLang 0.5.23 honours per-request sampling seeds only with
+    # --enable-deterministic-inference, which its CPU (torch_native) attention does not support.
+    exact = [
+        "schedule/g_explorer",
+        "schedule/g_learner",
+        "data/epoch",
+        "data/position",
+        "weight_version",
+        "rollout/learner_weight_version",
+    ]
+    for step in range(2, STEPS + 1):
+        for key in exact:
+            assert resumed[step][key] == full[step][key], (step, key)
+        assert math.isfinite(resumed[step]["loss/total"])
+    assert resumed[2]["data/position"] == full[2]["data/position"] > 0
 
-def test_explorer_cache_fill_train_kill_resume_draws_each_sample_once(demo, tmp_path: Path) -> None:
+
+def test_explorer_cache_fill_train_kill_resume_draws_each_sample_once(demo, served, tmp_path: Path) -> None:
     """tools/fill_explorer_cache.py fills the cache from the run's own config; the run draws its
     explorer samples from it (no explorer engine), is SIGKILLed after its step-2 checkpoint and
     resumed. Two prompts, both in every step, and exactly as many cached samples per prompt as the
     run needs: the run finishes having drawn every one of them once (a resume that forgot the
-    position would redraw from the start and end short; one that drew twice would run out)."""
+    position would redraw from the start and end short; one that drew twice would run out). The fill
+    tool and the run use the shared engines."""
     train = tmp_path / "two.jsonl"
     train.write_text("".join(demo.train_file.read_text().splitlines(keepends=True)[:2]))
     needed = sum(s2l_split(step, T_MIX, GROUP)[0] for step in range(1, STEPS + 1))
@@ -265,6 +262,7 @@ def test_explorer_cache_fill_train_kill_resume_draws_each_sample_once(demo, tmp_
         "checkpoint.every_steps=1",
         "eval.every_steps=0",
         f"rollout.explorer_cache_path={cache}",
+        *attach(served),
     ]
     fill_tool = [sys.executable, "tools/fill_explorer_cache.py", "--samples-per-prompt", str(needed)]
     fill = subprocess.run(
@@ -280,14 +278,7 @@ def test_explorer_cache_fill_train_kill_resume_draws_each_sample_once(demo, tmp_
 
     run_dir = tmp_path / "cached"
     proc = s2l("train", "--config", "yaml/demo-cpu.yaml", *args)
-    deadline = time.monotonic() + 600
-    while (status := read_status(run_dir / "status.json")) is None or (status["step"], status["phase"]) != (
-        3,
-        "rollout",
-    ):
-        assert proc.poll() is None, proc.communicate()[0][-4000:]
-        assert time.monotonic() < deadline, f"never reached step 3; last status {status}"
-        time.sleep(0.005)
+    wait_for_phase(proc, run_dir, (3, "rollout"))
     os.killpg(proc.pid, SIGKILL)
     proc.communicate(timeout=60)
     out = finish(s2l("train", "--resume", str(run_dir)))

@@ -1,11 +1,12 @@
 """Several learner ranks end to end on CPU, laid out as on a cluster: the engines run apart
-(`s2l serve`, as an engine node would run them) and the trainer attaches to them through
-`rollout.<pool>.external_urls`.
+(the session's shared `s2l serve` engines, as an engine node would run them: two learner engines,
+one explorer engine) and the trainer attaches to them through `rollout.<pool>.external_urls`.
 
 - two torchrun agents (`--nnodes 2`, one rank each, rendezvous on 127.0.0.1) train the demo at TP 2,
   as two learner nodes would;
-- `s2l train` with 2 local ranks at PP 2 (attached engines), and at DP 2 with the distributed
-  optimizer and token-budget micro-batches (engines of its own, started by rank 0);
+- `s2l train` with 2 local ranks at DP 2 with the distributed optimizer and token-budget
+  micro-batches (engines of its own, started by rank 0; PP 2 on attached engines, on every sync
+  transport: test_sync_pp_engines.py);
 each completing its steps with the learner engines at weight version = step, and
 - an attached server is checked: another model, another TP size, or a server that is not up are
   refused at start-up with the reason.
@@ -13,15 +14,14 @@ each completing its steps with the learner engines at weight version = step, and
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from served_fixtures import attach
 from test_train_e2e import ROOT, finish, overrides, s2l
 
 from megatron_s2l.net import find_free_port
@@ -30,40 +30,13 @@ from megatron_s2l.rollout.http import http_get_json
 from megatron_s2l.rollout.server import ExternalServer
 from megatron_s2l.run.metrics import read_metrics
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sglang]
 
 STEPS = 2
 
 
-@pytest.fixture(scope="module")
-def served(demo, tmp_path_factory: pytest.TempPathFactory):
-    """The learner and explorer servers of "another node": one `s2l serve` each."""
-    logs = tmp_path_factory.mktemp("serve-logs")
-    procs, urls = [], {}
-    try:
-        for name, model in (("learner", demo.learner_dir), ("explorer", demo.explorer_dir)):
-            port = find_free_port()
-            proc = s2l("serve", "--model", str(model), "--port", str(port), "--log-dir", str(logs / name))
-            procs.append(proc)
-            for line in proc.stdout:  # blocks until the server is healthy (or the command ends)
-                if line.startswith("serving"):
-                    break
-            else:
-                pytest.fail(f"s2l serve {name} ended: {proc.communicate()[0][-3000:]}")
-            urls[name] = f"http://127.0.0.1:{port}"
-        yield urls
-    finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            proc.communicate(timeout=60)
-
-
-def two_ranks(demo, root: Path, name: str, served: dict[str, str] | None, *extra: str) -> list[str]:
+def two_ranks(demo, root: Path, name: str, served: dict[str, list[str]] | None, *extra: str) -> list[str]:
     """Overrides of a 2-rank run of STEPS steps, attached to `served` (None: engines of its own)."""
-    urls = []
-    if served is not None:  # JSON strings: a bare YAML flow list would split the URLs at their colons
-        urls = [f'rollout.{pool}.external_urls=["{url}"]' for pool, url in served.items()]
     return [
         *overrides(demo, root, name),
         f"schedule.steps={STEPS}",
@@ -72,12 +45,12 @@ def two_ranks(demo, root: Path, name: str, served: dict[str, str] | None, *extra
         "checkpoint.every_steps=0",
         "learner.parallel.micro_batch_size=4",
         "ranks=2",
-        *urls,
+        *(attach(served) if served is not None else []),
         *extra,
     ]
 
 
-def check_run(run_dir: Path, served: dict[str, str] | None) -> None:
+def check_run(run_dir: Path, served: dict[str, list[str]] | None) -> None:
     records = read_metrics(run_dir)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     assert any(r["schedule/g_learner"] for r in records)  # the learner engine generated too
@@ -89,10 +62,10 @@ def check_run(run_dir: Path, served: dict[str, str] | None) -> None:
         assert math.isfinite(r["loss/total"]) and math.isfinite(r["train/grad_norm"])
     if served is None:
         return
-    learner = http_get_json(served["learner"] + "/model_info")
-    assert learner["weight_version"] == str(STEPS)
-    explorer = http_get_json(served["explorer"] + "/model_info")
-    assert explorer["weight_version"] == "default"  # the explorer is never synced
+    for url in served["learner"]:
+        assert http_get_json(url + "/model_info")["weight_version"] == str(STEPS)
+    for url in served["explorer"]:
+        assert http_get_json(url + "/model_info")["weight_version"] == "default"  # never synced
 
 
 def test_two_torchrun_nodes_at_tp2_train_with_attached_engines(demo, served, tmp_path: Path) -> None:
@@ -136,15 +109,6 @@ def test_two_torchrun_nodes_at_tp2_train_with_attached_engines(demo, served, tmp
     check_run(tmp_path / "tp2", served)
 
 
-def test_two_local_ranks_at_pp2_train_with_attached_engines(demo, served, tmp_path: Path) -> None:
-    extra = "learner.parallel.pipeline_parallel=2"
-    out = finish(
-        s2l("train", "--config", "yaml/demo-cpu.yaml", *two_ranks(demo, tmp_path, "pp2", served, extra))
-    )
-    assert "learner ranks 2 = TP 1 x PP 2 x DP 1" in out
-    check_run(tmp_path / "pp2", served)
-
-
 def test_two_local_ranks_at_dp2_with_token_budgets_and_their_own_engines(demo, tmp_path: Path) -> None:
     extra = ["learner.parallel.distributed_optimizer=true", "learner.parallel.max_tokens_per_micro_batch=64"]
     out = finish(
@@ -158,10 +122,11 @@ def test_two_local_ranks_at_dp2_with_token_budgets_and_their_own_engines(demo, t
 
 def test_attached_servers_are_checked(demo, served) -> None:
     engine = EngineConfig(startup_timeout_s=2.0)
-    ExternalServer(served["learner"], demo.learner_dir, engine, "learner0").start()  # the right one
+    learner, explorer = served["learner"][0], served["explorer"][0]
+    ExternalServer(learner, demo.learner_dir, engine, "learner0").start()  # the right one
     with pytest.raises(ValueError, match=r"serves .* not .*are two pools' URLs swapped"):
-        ExternalServer(served["explorer"], demo.learner_dir, engine, "learner0").start()
+        ExternalServer(explorer, demo.learner_dir, engine, "learner0").start()
     with pytest.raises(ValueError, match=r"runs at TP 1, the config says engine\.tp = 2"):
-        ExternalServer(served["learner"], demo.learner_dir, EngineConfig(tp=2), "learner0").start()
+        ExternalServer(learner, demo.learner_dir, EngineConfig(tp=2), "learner0").start()
     with pytest.raises(TimeoutError, match="no healthy server"):
         ExternalServer(f"http://127.0.0.1:{find_free_port()}", demo.learner_dir, engine, "x").start()

@@ -88,7 +88,10 @@ def test_fused_grpo_loss_matches_autograd(backend: str, agg: str, full: bool) ->
     global_kwargs = {"global_tokens": 50, "global_seqs": 6} if full else {}
     ref_loss, ref_metrics, ref_grad = reference_loss(data, cfg, 0.9, **global_kwargs)
     loss, metrics, grad, logp, entropy = run_fused(data, cfg, 0.9, backend, **global_kwargs)
-    assert rel_err(loss, ref_loss, floor=1e-3) < 1e-5
+    # The loss sums per-token terms of both signs (advantages ~ N(0, 1), terms of order 1) and can
+    # cancel to far below their size (-0.0012 seen); fp32 rounding is relative to the terms, not to
+    # the sum: a floor of 1e-3 failed 1 run in a few hundred (an error of 1.7e-7).
+    assert rel_err(loss, ref_loss, floor=0.1) < 1e-5
     assert rel_err(grad, ref_grad) < 1e-5
     assert metrics.keys() == ref_metrics.keys()
     for name, value in metrics.items():
