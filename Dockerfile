@@ -11,6 +11,7 @@
 #     through the `wheels` build context (a folder holding torch-2.13.0+cpu-cp311-*.whl):
 #       docker build --target cpu --build-context wheels=/opt/wheels -t megatron-s2l:cpu .
 #       docker run --rm --shm-size 2g megatron-s2l:cpu
+#       docker run --rm megatron-s2l:cpu s2l --help      # the venv's bin is on PATH in both targets
 #
 # Pins: every Python package of the GPU image comes from docker/gpu.lock (resolved from pyproject.toml);
 # the *_VERSION arguments below repeat the main ones for the labels and a build-time check, and
@@ -103,12 +104,15 @@ ENV PIP_FIND_LINKS=/opt/wheels \
 WORKDIR /opt/megatron-s2l
 COPY . .
 RUN python3 --version | grep -q "^Python 3\.11\." && make setup
+# `s2l` (and the venv's python) on PATH, as in the GPU image: `podman run megatron-s2l:cpu s2l --help`.
+ENV VIRTUAL_ENV=/opt/megatron-s2l/.venv \
+    PATH=/opt/megatron-s2l/.venv/bin:${PATH}
 CMD ["make", "demo"]
 
 # --------------------------------------------------------------------------------------------------
 # GPU: the image. apex is not installed: with transformer-engine present, megatron-core 0.16.1 takes
 # its fused Adam, fused layer norms and multi-tensor ops (scale, l2norm) from TE and falls back to
-# torch, never needing apex (DESIGN.md section 7).
+# torch, never needing apex (docs/design.md 5).
 FROM gpu-deps AS gpu
 ARG VERSION=0.1.0
 ARG REVISION=unknown

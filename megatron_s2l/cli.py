@@ -27,6 +27,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "megatron_s2l.eval.cli",
         "pass@k, avg@n and maj@n of models on eval files (the paper's protocol)",
     ),
+    "export": ("megatron_s2l.run.export", "a run checkpoint (RUN_DIR@STEP) as a Hugging Face checkpoint"),
     "demo": ("megatron_s2l.demo.cli", "the CPU demo: build tiny models (cached), train S2L-PO, plot"),
     "logprobs": ("megatron_s2l.learner.logprobs_cli", "per-token log-probs of token sequences at a TP x PP"),
     "serve": ("megatron_s2l.rollout.serve_cli", "start SGLang server(s) for a model (CPU stand-ins on CPU)"),

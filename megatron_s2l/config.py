@@ -12,9 +12,11 @@ from pathlib import Path
 from megatron_s2l.algo import AlgoConfig, ScheduleConfig
 from megatron_s2l.configio import ConfigError, apply_overrides, build, read_yaml
 from megatron_s2l.data import DataConfig
+from megatron_s2l.eval.protocol import no_think_sampling
 from megatron_s2l.learner.learner import LearnerConfig
 from megatron_s2l.reward import RewardConfig
 from megatron_s2l.rollout.config import RolloutConfig
+from megatron_s2l.rollout.sampling_params import SamplingConfig
 from megatron_s2l.sync.config import SyncConfig
 
 
@@ -31,13 +33,25 @@ class CheckpointConfig:
     every_steps: int = 0
     """Save learner and loop state every N steps (and at the end); 0 = only at the end."""
     keep_last: int = 2
-    """Checkpoints kept on disk (older ones are deleted after a newer one is complete)."""
+    """Newest checkpoints kept on disk (older ones are deleted after a newer one is complete);
+    0 = keep every checkpoint."""
+    keep_steps: list[int] = field(default_factory=list)
+    """Steps whose checkpoints `keep_last` never deletes (e.g. [4, 8, 16] to evaluate them later
+    with `s2l export` / `s2l eval RUN_DIR@STEP`); each must be a step the run saves (a multiple
+    of `every_steps`, or the last)."""
 
     def __post_init__(self) -> None:
         if self.every_steps < 0:
             raise ValueError(f"every_steps must be >= 0, got {self.every_steps}")
-        if self.keep_last < 1:
-            raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
+        if self.keep_last < 0:
+            raise ValueError(f"keep_last must be >= 0 (0 = keep all), got {self.keep_last}")
+        bad = [step for step in self.keep_steps if step < 1]
+        if bad:
+            raise ValueError(f"keep_steps must be steps >= 1, got {bad}")
+
+    def saves_at(self, step: int, last_step: int) -> bool:
+        """Whether the run saves a checkpoint at `step` (every `every_steps`, and at the end)."""
+        return step == last_step or (self.every_steps > 0 and step % self.every_steps == 0)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -46,6 +60,14 @@ class LoggingConfig:
     """Run directory ({name} is replaced by the run name): config, metrics, plots, checkpoints."""
     tensorboard: bool = True
     """Also write TensorBoard event files."""
+    dump_samples: int = 4
+    """Samples written per source (explorer, learner) and step to `samples/step_NNNNNN.jsonl` in the
+    run directory (prompt and response text, reward, verdict, weight version), and per evaluation to
+    `samples/eval_step_NNNNNN.jsonl` (one sample of each of the first N problems); 0 = off."""
+
+    def __post_init__(self) -> None:
+        if self.dump_samples < 0:
+            raise ValueError(f"dump_samples must be >= 0 (0 = off), got {self.dump_samples}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -54,6 +76,12 @@ class EvalConfig:
     """Evaluate on the held-out prompts every N steps; 0 = never."""
     samples_per_prompt: int = 16
     """k of avg@k (the paper reports avg@16)."""
+    sampling: SamplingConfig = field(default_factory=no_think_sampling)
+    """How the learner engines sample evaluation responses: by default the paper's no-think protocol
+    (`s2l eval`'s defaults: temperature 0.7, top_p 0.8, top_k 20, presence penalty 1.5, up to 38,912
+    new tokens), independent of `rollout.learner_sampling`. `max_new_tokens` is capped to the
+    engine's context (`rollout.learner.engine.context_length`, else the model's) less the longest
+    evaluation prompt. The prompts use `data.template`, as the training prompts do."""
 
     def __post_init__(self) -> None:
         if self.every_steps < 0:
@@ -113,6 +141,15 @@ class S2LConfig:
                 f"each optimizer update's {rows} sequences (algo.ppo_mini_batch_prompts or "
                 f"schedule.prompts_per_step, times group_size) must be divisible by data-parallel size"
                 + (f" * learner.parallel.micro_batch_size ({per_step})" if fixed_rows else f" ({dp})")
+            )
+        never_saved = [
+            s for s in self.checkpoint.keep_steps if not self.checkpoint.saves_at(s, self.schedule.steps)
+        ]
+        if never_saved:
+            raise ValueError(
+                f"checkpoint.keep_steps {never_saved}: no checkpoint is saved at these steps "
+                f"(checkpoint.every_steps {self.checkpoint.every_steps}, "
+                f"schedule.steps {self.schedule.steps})"
             )
         max_new = self.rollout.learner_sampling.max_new_tokens
         if self.algo.overlong_buffer > max_new:

@@ -181,17 +181,19 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def reference_markdown(cls: type, prefix: str = "") -> list[str]:
-    """Rows `| key | type | default | meaning |` for every field of `cls`, nested sections expanded."""
+def reference_markdown(cls: type, prefix: str = "", defaults: object | None = None) -> list[str]:
+    """Rows `| key | type | default | meaning |` for every field of `cls`, nested sections expanded.
+    `defaults`: the instance whose values are the defaults (a section's `default_factory` may differ
+    from its class's own defaults, e.g. the explorer's sampling); None = `cls()`."""
     rows = []
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
-    defaults = cls()
+    defaults = cls() if defaults is None else defaults
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
         value = getattr(defaults, f.name)
         if dataclasses.is_dataclass(hints[f.name]):
-            rows += reference_markdown(hints[f.name], f"{key}.")
+            rows += reference_markdown(hints[f.name], f"{key}.", value)
             continue
         type_name = _type_name(hints[f.name]).replace("|", "\\|")
         rows.append(f"| `{key}` | `{type_name}` | `{value!r}` | {docs.get(f.name, '')} |")

@@ -1,4 +1,4 @@
-"""One S2L-PO run, step by step (DESIGN.md 1-2): generate -> reward -> advantages -> old (and
+"""One S2L-PO run, step by step (docs/design.md 1-2): generate -> reward -> advantages -> old (and
 reference) log-probs -> PPO updates over mini-batches -> sync weights -> log / evaluate / checkpoint.
 
     s2l train --config yaml/demo-cpu.yaml [key.sub=value ...]
@@ -24,6 +24,7 @@ from megatron_s2l.run.checkpoint import load_latest_run_checkpoint, save_run_che
 from megatron_s2l.run.experience import engine_logprob_gaps
 from megatron_s2l.run.phases import Phases
 from megatron_s2l.run.rundir import RunDir
+from megatron_s2l.run.stop import StopSignal
 from megatron_s2l.sync.manifest import read_weight_manifest
 from megatron_s2l.sync.weight_sync import SyncResult, WeightSync, pool_endpoints
 
@@ -60,6 +61,7 @@ def sync_learner_engines(
 
 def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
     cfg = run.resolve(cfg)  # engine logs, sync scratch: inside the run directory unless set
+    stop = StopSignal.install()  # SIGTERM: finish the step, checkpoint, return (run/stop.py)
     learner = Learner.from_hf(
         cfg.learner,
         cfg.model.learner,
@@ -155,11 +157,22 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
                 metrics["time/step"] = time.perf_counter() - step_started
                 driver.logger.log(step, metrics)
             # After logging: a run killed in between re-runs (and re-logs) this step on resume.
-            if last or (cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0):
+            stopping = stop.agreed(step)  # collective: rank 0's SIGTERM, the same step on every rank
+            if stopping or cfg.checkpoint.saves_at(step, cfg.schedule.steps):
                 phases.enter(step, "checkpoint")
                 loop_state = {"driver": driver.state_dict()} if driver else None
-                save_run_checkpoint(run.checkpoints, step, learner, loop_state, cfg.checkpoint.keep_last)
+                save_run_checkpoint(
+                    run.checkpoints,
+                    step,
+                    learner,
+                    loop_state,
+                    cfg.checkpoint.keep_last,
+                    cfg.checkpoint.keep_steps,
+                )
+            if stopping:
+                break
     finally:
+        stop.restore()
         if "sync" in locals():
             sync.close()
         if driver:

@@ -2,6 +2,10 @@
 
 Ranks: under torchrun (RANK set) this process is one rank; otherwise `ranks` processes are spawned
 on this node (gloo on CPU, NCCL on GPU), rank 0 being the driver.
+
+Exit status: 0 the run finished; 1 it failed; 2 the config was refused before anything started;
+75 (STOPPED_EXIT_CODE) SIGTERM stopped it after a step, with a checkpoint: `s2l train --resume RUN_DIR`
+continues it (megatron_s2l/run/stop.py).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from megatron_s2l.config import S2LConfig, load_config
 from megatron_s2l.configio import ConfigError, build, to_dict
 from megatron_s2l.logs import configure_logging
 from megatron_s2l.run.rundir import RunDir
+from megatron_s2l.run.stop import STOPPED_EXIT_CODE, forwarding_sigterm_to_children, stopped_at
 
 
 def preflight(cfg: S2LConfig) -> None:
@@ -26,20 +31,15 @@ def preflight(cfg: S2LConfig) -> None:
     from megatron_s2l.learner.parallel import check_parallel_sizes
     from megatron_s2l.rollout.colocate import colocate_config_errors
     from megatron_s2l.rollout.tokenizer_check import check_same_tokenizer
+    from megatron_s2l.run.preflight import check_paths
 
-    paths = [("model.learner", cfg.model.learner)]
+    problems = check_paths(cfg)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    models = [("model.learner", cfg.model.learner)]
     if cfg.schedule.t_mix > 0:
-        paths.append(("model.explorer", cfg.model.explorer))
-    paths += [(f"data.train_files[{i}]", f) for i, f in enumerate(cfg.data.train_files)]
-    paths += [(f"data.eval_files[{i}]", f) for i, f in enumerate(cfg.data.eval_files)]
-    for key, path in paths:
-        if not path or not Path(path).exists():
-            raise ConfigError(f"{key}: {path!r} does not exist")
-    if not cfg.data.train_files:
-        raise ConfigError("data.train_files: no training prompts given")
-    for key, path in paths[:2] if cfg.schedule.t_mix > 0 else paths[:1]:
-        if not (Path(path) / "config.json").is_file():
-            raise ConfigError(f"{key}: {path!r} is not a Hugging Face checkpoint (no config.json)")
+        models.append(("model.explorer", cfg.model.explorer))
+    for key, path in models:
         try:
             SafetensorsSource(path)  # every weight file there, shards included
         except FileNotFoundError as e:
@@ -128,7 +128,8 @@ def run_training(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
         return
     from megatron_s2l.learner.parallel import spawn_local_ranks
 
-    spawn_local_ranks(_train_rank, cfg.ranks, to_dict(cfg), str(run.root), resume)
+    with forwarding_sigterm_to_children():  # the ranks stop at a step boundary, then return here
+        spawn_local_ranks(_train_rank, cfg.ranks, to_dict(cfg), str(run.root), resume)
 
 
 def prepare_run_dir(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
@@ -159,6 +160,12 @@ RESUME_FIXED_KEYS = ("name", "logging.run_dir")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML run config (yaml/*.yaml)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument(
+        "--check-only",
+        action="store_true",
+        help="run every pre-flight check (paths, models, tokenizers, prompt rows, parallel sizes) and "
+        "exit: 0 when the run could start, 2 naming each problem; creates nothing",
+    )
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
 
 
@@ -180,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
     if not resume:
         run_dir = RunDir.for_config(cfg)
     preflight(cfg)
+    if args.check_only:
+        print(f"s2l train --check-only: {args.config or run_dir.config_file}: every pre-flight check passed")
+        return 0
     prepare_run_dir(cfg, run_dir, resume=resume)
     try:
         run_training(cfg, run_dir, resume=resume)
@@ -187,5 +197,9 @@ def run(args: argparse.Namespace) -> int:
         traceback.print_exc()
         print(f"s2l train: the run failed; its state is in {run_dir.root}", file=sys.stderr)
         return 1
+    step = stopped_at(run_dir, cfg.schedule.steps)
+    if step is not None:  # only SIGTERM ends a run early without an error
+        print(f"s2l train: stopped after step {step} (SIGTERM); continue: s2l train --resume {run_dir.root}")
+        return STOPPED_EXIT_CODE
     print(f"run finished: {run_dir.root}")
     return 0

@@ -149,7 +149,7 @@ def modelled_work(case: Case, args: argparse.Namespace) -> tuple[float, float]:
 
 @dataclass(frozen=True, slots=True)
 class Rates:
-    """Device rates the estimate assumes (H100 SXM 80GB, as measured elsewhere: DESIGN.md 4 gives
+    """Device rates the estimate assumes (H100 SXM 80GB, as measured elsewhere: docs/design.md 4 gives
     about 3.0 TB/s read + write for a device copy; dense bf16 matmuls reach about 650 TFLOP/s)."""
 
     copy_bytes_per_s: float = 3.0e12

@@ -10,7 +10,7 @@ falls short.
     .venv/bin/python tools/nccl_check.py --from-log nccl_check.log [--json]
 
 Runs, each `-b 1G -e 8G -f 2 -g 1` with one process per GPU (nccl-tests built with MPI=1 against the
-NCCL torch loads, DESIGN.md 7); NCCL_* variables and LD_LIBRARY_PATH of this shell go with them:
+NCCL torch loads, docs/design.md 5); NCCL_* variables and LD_LIBRARY_PATH of this shell go with them:
 - single-node: all_reduce, all_gather, reduce_scatter and broadcast on each node alone (NVLink).
 - cross-node: the same four over all nodes with NCCL_ALGO=RING (what the floor describes) and
   NCCL_DEBUG=INFO (the log then records which NICs each node used).
@@ -24,7 +24,7 @@ NCCL torch loads, DESIGN.md 7); NCCL_* variables and LD_LIBRARY_PATH of this she
 
 Measure: the largest out-of-place busbw at sizes >= 1 GiB (the plateau the floors describe). The
 in-place busbw is parsed and shown in --json but not judged, so the two columns never mix.
-Floors (DESIGN.md 7; busbw GB/s, 8 x H100 per node, 8 x NDR 400G NICs per node):
+Floors (docs/design.md 5; busbw GB/s, 8 x H100 per node, 8 x NDR 400G NICs per node):
   single-node all_reduce 430 (expected ~480), all_gather and reduce_scatter 330 (~370);
   cross-node all_reduce 330 (~370-385); per-NIC all_reduce 40 (~46-48).
 broadcast, and cross-node all_gather / reduce_scatter, are REPORTed without a verdict: no documented
@@ -64,7 +64,7 @@ CROSS_ENV = {"NCCL_ALGO": "RING", "NCCL_DEBUG": "INFO"}
 GIB = 2**30
 JOB_TIMEOUT_S = 900  # NOTE: a bootstrap failure (wrong NCCL_SOCKET_IFNAME) hangs rather than fails
 
-# (test, scope) -> (expected busbw in GB/s, as DESIGN.md 7 gives it; floor to pass)
+# (test, scope) -> (expected busbw in GB/s, as docs/design.md 5 gives it; floor to pass)
 THRESHOLDS: dict[tuple[str, str], tuple[str, float]] = {
     ("all_reduce_perf", "single-node"): ("480", 430.0),
     ("all_gather_perf", "single-node"): ("370", 330.0),

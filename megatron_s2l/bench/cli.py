@@ -8,7 +8,8 @@
     s2l bench rollout --measured --config yaml/demo-cpu.yaml [key.sub=value ...] [--steps N] [--out-dir DIR]
 
 All print a Markdown table and a summary line, or JSON with --json; measured mode also writes a CSV
-and a PNG per step. Model mode imports neither Megatron nor SGLang.
+and a PNG per step, and runs every method on the same engine devices (its table's header says
+which). Model mode imports neither Megatron nor SGLang.
 """
 
 from __future__ import annotations
@@ -212,7 +213,10 @@ def _run_measured(args: argparse.Namespace) -> int:
     steps = sched.steps if args.steps is None else args.steps
     hightemp = measured.HIGHTEMP_TEMPERATURE if args.hightemp is None else args.hightemp
     out_dir = Path("bench_rollout") if args.out_dir is None else args.out_dir
-    records = measured.measure_rollouts(cfg, steps=steps, hightemp=hightemp, log_dir=out_dir / "engine-logs")
+    engines = measured.bench_engines(cfg.rollout, with_explorer=sched.t_mix > 0)  # equal hardware
+    records = measured.measure_rollouts(
+        cfg, engines, steps=steps, hightemp=hightemp, log_dir=out_dir / "engine-logs"
+    )
     csv_path = measured.write_csv(records, out_dir / "rollout_measured.csv")
     png_path = measured.plot_steps(records, out_dir / "rollout_measured.png")
     totals = measured.method_totals(records)
@@ -227,6 +231,8 @@ def _run_measured(args: argparse.Namespace) -> int:
         "prompts_per_step": sched.prompts_per_step,
         "prompt_len": sum(r.prompt_len for r in records) / len(records),
         "hightemp_temperature": hightemp,
+        "engines": engines.describe(with_explorer=sched.t_mix > 0),
+        "grpo_learner_engines": engines.grpo.learner.num_engines,
         "csv": str(csv_path),
         "png": str(png_path),
     }
@@ -240,6 +246,6 @@ def _run_measured(args: argparse.Namespace) -> int:
         f"{c['prompts_per_step']} prompts x G={c['group_size']}, T_mix {c['t_mix']}; mean prompt "
         f"{c['prompt_len']:.1f} tokens; high-temp GRPO at temperature {hightemp}\n"
     )
-    print(measured.format_table(totals))
+    print(measured.format_table(totals, c["engines"]))
     print(f"\nper step: {csv_path}, {png_path}")
     return 0

@@ -3,8 +3,10 @@ on real SGLang engines, on the same prompts, in one run (docs/rollout_compute.md
 
     s2l bench rollout --measured --config yaml/demo-cpu.yaml [key.sub=value ...] [--steps N] [--hightemp 1.2]
 
-Only the rollout phase runs: no learner, no reward, no weight sync. The learner engines keep the base
-weights, which changes what is generated but not what generating a token costs. Per method and step:
+Only the rollout phase runs: no learner, no reward, no weight sync. Every method runs on the same
+hardware: GRPO's learner engines take the devices S2L-PO gives its explorer too (`bench_engines`).
+The learner engines keep the base weights, which changes what is generated but not what generating
+a token costs. Per method and step:
 samples and tokens by source, wall seconds, and generation FLOPs (rollout_flops.py) from the
 measured counts. Engines, tokenizer and data are imported inside `measure_rollouts` only.
 """
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from megatron_s2l.archs import ModelArch, load_arch
 from megatron_s2l.bench.rollout_flops import flops_unit, generation_flops
+from megatron_s2l.rollout.config import EnginePoolConfig, RolloutConfig
 from megatron_s2l.rollout.records import Prompt, RolloutBatch
 
 if TYPE_CHECKING:
@@ -195,11 +198,13 @@ def _less(ratio: float) -> str:
     return f"{1 - ratio:.1%} less" if ratio <= 1 else f"{ratio - 1:.1%} more"
 
 
-def format_table(totals: dict[str, MethodTotals]) -> str:
-    """A Markdown table of the totals, ratios against GRPO, and a summary line for S2L-PO."""
+def format_table(totals: dict[str, MethodTotals], engines: str | None = None) -> str:
+    """A Markdown table of the totals, ratios against GRPO, and a summary line for S2L-PO; headed by
+    `engines` (BenchEngines.describe: what hardware each method ran on) when given."""
     grpo = totals["grpo"]
     scale, unit = flops_unit(max(t.total_flops for t in totals.values()))
-    lines = [
+    lines = [f"engines: {engines}", ""] if engines else []
+    lines += [
         "| method | tokens explorer | tokens learner | mean len explorer | mean len learner | rollout s | "
         f"tokens/s | ms/token | rollout {unit} | FLOPs vs GRPO | time vs GRPO |",
         "|---|" + "---:|" * 10,
@@ -259,21 +264,86 @@ def plot_steps(records: list[StepRecord], path: Path) -> Path:
     return path
 
 
+# --- equal hardware ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BenchEngines:
+    """The engine pools each method's rollout runs on. GRPO (and high-temperature GRPO) get as many
+    engine devices as S2L-PO's explorer and learner pools together, all as learner engines: the
+    GPUs (on CPU the cores: placement.plan_cpu_cores splits them evenly over the engines) S2L-PO
+    gives its explorer serve GRPO's learner, so "time vs GRPO" compares equal hardware."""
+
+    s2l: RolloutConfig
+    grpo: RolloutConfig
+    equal: bool
+    """False only where a pool attaches to engines started elsewhere (external_urls)."""
+
+    def describe(self, with_explorer: bool) -> str:
+        """One line for the output table's header."""
+        device = self.s2l.learner.engine.resolved_device()
+        unit = "GPUs" if device == "cuda" else "engine slots (the same cores, split evenly)"
+
+        def pool(name: str, p: EnginePoolConfig) -> tuple[str, int]:
+            return f"{name} {p.num_engines} x TP {p.engine.tp}", p.num_engines * p.engine.tp
+
+        s2l = [
+            pool("learner", self.s2l.learner),
+            *([pool("explorer", self.s2l.explorer)] if with_explorer else []),
+        ]
+        grpo = pool("learner", self.grpo.learner)
+        line = (
+            f"S2L-PO: {' + '.join(text for text, _ in s2l)} = {sum(n for _, n in s2l)} {unit}; "
+            f"GRPO and high-temp GRPO: {grpo[0]} = {grpo[1]} {unit}"
+        )
+        if not self.equal:
+            line += (
+                " (engines attached through external_urls: not placed by the bench, hardware not equalised)"
+            )
+        return line
+
+
+def bench_engines(rollout: RolloutConfig, with_explorer: bool) -> BenchEngines:
+    """S2L-PO's pools as configured; GRPO's learner pool with num_engines raised so that its engine
+    devices (num_engines x tp) equal S2L-PO's explorer's and learner's together. Raises ValueError
+    when the explorer's devices are not a multiple of the learner's TP (no equal split exists) or
+    the pools are on different devices. Attached pools (external_urls) are used as given."""
+    learner, explorer = rollout.learner, rollout.explorer
+    if not with_explorer:
+        return BenchEngines(s2l=rollout, grpo=rollout, equal=True)
+    if learner.external_urls or explorer.external_urls:
+        return BenchEngines(s2l=rollout, grpo=rollout, equal=False)
+    if learner.engine.resolved_device() != explorer.engine.resolved_device():
+        raise ValueError(
+            "measured mode: rollout.learner and rollout.explorer engines must be on one device type"
+        )
+    explorer_devices = explorer.num_engines * explorer.engine.tp
+    if explorer_devices % learner.engine.tp:
+        raise ValueError(
+            f"measured mode gives GRPO the explorer's {explorer_devices} devices (rollout.explorer: "
+            f"{explorer.num_engines} x TP {explorer.engine.tp}) as learner engines of TP "
+            f"{learner.engine.tp}: make them a multiple of rollout.learner.engine.tp"
+        )
+    grpo_learner = replace(learner, num_engines=learner.num_engines + explorer_devices // learner.engine.tp)
+    return BenchEngines(s2l=rollout, grpo=replace(rollout, learner=grpo_learner), equal=True)
+
+
 # --- running the engines --------------------------------------------------------------------------
 
 
-def measure_rollouts(cfg: S2LConfig, *, steps: int, hightemp: float, log_dir: Path) -> list[StepRecord]:
+def measure_rollouts(
+    cfg: S2LConfig, engines_of: BenchEngines, *, steps: int, hightemp: float, log_dir: Path
+) -> list[StepRecord]:
     """The rollout phase of every method at steps 1..`steps`, one record per method and step.
 
-    Two engine sets, each placed as its method's training run places them: S2L-PO's (explorer and
-    learner, when t_mix > 0) and GRPO's (learner only), which both GRPO variants share. On CPU a
-    pool's cores depend on which pools run (placement.py), so one shared set would give GRPO's
-    learner the cores of an explorer it does not use."""
+    Two engine sets on the same hardware (`bench_engines`), one after the other: S2L-PO's (explorer
+    and learner, when t_mix > 0) and GRPO's (learner only, on the explorer's devices too), which
+    both GRPO variants share. No learner ranks run here, so the engines take every GPU this
+    process sees (learner_ranks=0), never skipping GPUs for a learner."""
     if not 1 <= steps <= cfg.schedule.steps:
         raise ValueError(f"--steps must be in [1, schedule.steps = {cfg.schedule.steps}], got {steps}")
     if cfg.rollout.explorer_cache_path is not None:
         raise ValueError("rollout.explorer_cache_path: measured mode samples the explorer live; unset it")
-    from megatron_s2l.rollout.engines import RolloutEngines
 
     with_explorer = cfg.schedule.t_mix > 0
     archs = {"learner": load_arch(cfg.model.learner)}
@@ -290,11 +360,7 @@ def measure_rollouts(cfg: S2LConfig, *, steps: int, hightemp: float, log_dir: Pa
     )
     records = []
     for name, explorer in (("s2l", with_explorer), ("grpo", False)):
-        rollout = replace(cfg.rollout, log_dir=str(log_dir / name))
-        engines = RolloutEngines(
-            rollout, explorer_model=cfg.model.explorer if explorer else None, learner_model=cfg.model.learner
-        )
-        engines.start()
+        engines = method_engines(cfg, engines_of, name, log_dir).start()
         try:
             if name == "s2l":
                 samplers = _s2l_samplers(engines, cfg)
@@ -305,6 +371,20 @@ def measure_rollouts(cfg: S2LConfig, *, steps: int, hightemp: float, log_dir: Pa
         finally:
             engines.stop()
     return sorted(records, key=lambda r: (METHODS.index(r.method), r.step))
+
+
+def method_engines(cfg: S2LConfig, engines_of: BenchEngines, method: str, log_dir: Path) -> RolloutEngines:
+    """The (not yet started) engines of `method` ("s2l" or "grpo"), placed on every GPU this process
+    sees: no learner rank runs here, so none is skipped (learner_ranks=0, whatever WORLD_SIZE says)."""
+    from megatron_s2l.rollout.engines import RolloutEngines
+
+    s2l = method == "s2l"
+    return RolloutEngines(
+        replace(engines_of.s2l if s2l else engines_of.grpo, log_dir=str(log_dir / method)),
+        explorer_model=cfg.model.explorer if s2l and cfg.schedule.t_mix > 0 else None,
+        learner_model=cfg.model.learner,
+        learner_ranks=0,
+    )
 
 
 def _train_prompts(cfg: S2LConfig) -> PromptDataset:

@@ -43,6 +43,10 @@ class LaunchOptions:
     """Port of torchrun's c10d rendezvous on the first host."""
     engine_port: int = 30000
     """First engine port on every engine node; the node's engines take the next ones."""
+    control_port: int = 29600
+    """Port of each engine node's shutdown endpoint, which the learner node calls when training ends."""
+    stop_timeout_s: int = 900
+    """After SIGTERM: the trainer's time to finish its step and checkpoint (torchrun --shutdown-timeout)."""
     api_key_env: str = DEFAULT_API_KEY_ENV
     """Used (and passed to the trainer) for a pool whose `engine.api_key_env` is empty."""
 
@@ -208,9 +212,16 @@ def serve_argv(cfg: S2LConfig, pool: Pool, engines: list[Engine], api_key_env: s
 
 
 def train_argv(
-    plan_nodes: int, nproc: int, node: int, options: LaunchOptions, config_path: str, overrides: list[str]
+    plan_nodes: int,
+    nproc: int,
+    node: int,
+    options: LaunchOptions,
+    source: tuple[str, str],
+    overrides: list[str],
 ) -> tuple[str, ...]:
-    """torchrun of node `node` of the learner (rank assignment: torchrun's c10d rendezvous)."""
+    """torchrun of node `node` of the learner (rank assignment: torchrun's c10d rendezvous); `source`:
+    ("--config", YAML) or ("--resume", RUN_DIR). On SIGTERM torchrun passes the signal to the ranks
+    and kills them `--shutdown-timeout` seconds later (30 s by default: too short for a step)."""
     return (
         "torchrun",
         "--nnodes",
@@ -223,11 +234,12 @@ def train_argv(
         "c10d",
         "--rdzv-endpoint",
         f"{options.hosts[0]}:{options.rdzv_port}",
+        "--shutdown-timeout",
+        str(options.stop_timeout_s),
         "-m",
         "megatron_s2l.cli",
         "train",
-        "--config",
-        config_path,
+        *source,
         *overrides,
     )
 
@@ -256,8 +268,15 @@ def _check_options(cfg: S2LConfig, options: LaunchOptions, overrides: list[str])
         )
 
 
-def plan_launch(cfg: S2LConfig, config_path: str, overrides: list[str], options: LaunchOptions) -> LaunchPlan:
-    """The whole layout: learner nodes, engine nodes, each node's commands, the trainer's URLs.
+def plan_launch(
+    cfg: S2LConfig,
+    config_path: str,
+    overrides: list[str],
+    options: LaunchOptions,
+    resume_dir: str | None = None,
+) -> LaunchPlan:
+    """The whole layout: learner nodes, engine nodes, each node's commands, the trainer's URLs
+    (`cfg` read from `config_path`; with `resume_dir` the trainer continues that run instead).
     Raises ValueError naming the key or flag when the config cannot be laid out on the hosts."""
     _check_options(cfg, options, overrides)
     n_learner, nproc = learner_nodes(cfg.ranks, cfg.learner.parallel.tensor_parallel, options.gpus_per_node)
@@ -277,13 +296,14 @@ def plan_launch(cfg: S2LConfig, config_path: str, overrides: list[str], options:
     train_overrides = _trainer_overrides(cfg, pools, engines, api_key_envs)
     groups = _serve_groups(cfg, engines, api_key_envs)
     trainer_args = [*overrides, *train_overrides]
+    source = ("--resume", resume_dir) if resume_dir else ("--config", config_path)
     nodes = [
         _learner_node(
             cfg,
             node,
             (n_learner, nproc),
             options,
-            train_argv(n_learner, nproc, node, options, config_path, trainer_args),
+            train_argv(n_learner, nproc, node, options, source, trainer_args),
         )
         for node in range(n_learner)
     ]
@@ -436,6 +456,11 @@ def format_dry_run(plan: LaunchPlan) -> str:
     lines.append(
         "# note: `s2l launch --node-rank K` runs node K's line(s); learner nodes first wait for every "
         "engine's /health (--engine-wait-s)"
+    )
+    lines.append(
+        f"# note: when training ends the learner node calls POST /shutdown on port {o.control_port} of every "
+        "engine node (--control-port), which then stops its engines; SIGTERM makes the trainer checkpoint "
+        f"after its step and stop within {o.stop_timeout_s} s (--stop-timeout-s), exit status 75"
     )
     lines += [f"# note: {note}" for note in plan.notes]
     return "\n".join(lines)

@@ -114,7 +114,7 @@ def format_learner(plan: LearnerPlan, gpu_mem_gib: float) -> list[str]:
     lines = [
         f"learner {plan.arch}: TP {s.tp} x PP {s.pp} x DP {s.dp}, micro-batches of up to "
         f"{s.tokens_per_micro_batch:,} tokens (longest sequence {s.seq_len:,}), "
-        f"{s.micro_batches} micro-batches per update, "
+        f"up to {s.micro_batches:,} micro-batches per DP rank and update, "
         f"vocab padded to {plan.padded_vocab:,}",
         f"  parameters per GPU: {plan.params_per_gpu:,} "
         f"(by stage: {', '.join(f'{p:,}' for p in plan.params_per_stage)})",

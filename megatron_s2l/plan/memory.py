@@ -13,7 +13,7 @@ last stage, so the output-layer term is there for tied models too when PP > 1. T
 most parameters is `params_per_gpu`; tests/integration/test_plan_params.py checks every stage
 against a meta-device Megatron GPTModel at TP 2 x PP 2.
 
-Learner bytes per parameter (Megatron's formula, DESIGN.md section 7: 18 bytes without the
+Learner bytes per parameter (Megatron's formula, docs/design.md 5: 18 bytes without the
 distributed optimizer, 6 + 12/DP with it): bf16 weights 2 + fp32 main gradients 4 (the DDP buffer,
 `grad_reduce_in_fp32`) + optimizer 12 (fp32 master copy 4, Adam m 4, v 4), the optimizer's share
 divided by DP with the distributed optimizer. fp32 parameters (`params_dtype: float32`) have no

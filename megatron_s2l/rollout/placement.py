@@ -63,3 +63,23 @@ def plan_engine_gpus(engine_tps: list[list[int]], gpus: list[str]) -> list[list[
             first += tp
         plan.append(blocks)
     return plan
+
+
+def parse_gpus(flag: str | None) -> list[str]:
+    """The GPU ids of a `--gpus 0,1,2` flag, or every visible GPU (`visible_gpus`) when it is unset."""
+    if flag is None:
+        return visible_gpus()
+    gpus = [gpu.strip() for gpu in flag.split(",") if gpu.strip()]
+    if not gpus or len(set(gpus)) != len(gpus):
+        raise ValueError(f"--gpus {flag!r}: expected distinct comma-separated GPU ids")
+    return gpus
+
+
+def plan_pool_gpus(tp: int, gpus: list[str], num_engines: int | None = None) -> list[list[str]]:
+    """GPUs of each engine of one pool at TP `tp`: `num_engines` engines, or as many as `gpus` hold
+    (len // tp; the rest stay idle) when None. Raises ValueError when not even one fits."""
+    if num_engines is None:
+        num_engines = len(gpus) // tp
+        if num_engines == 0:
+            raise ValueError(f"one engine at TP {tp} needs {tp} GPUs, {len(gpus)} are given ({gpus})")
+    return plan_engine_gpus([[tp] * num_engines], gpus)[0]

@@ -56,6 +56,6 @@ class SamplingConfig:
         return params
 
 
-# The S2L-PO authors sampled the frozen explorer at temperature 0.7, top_p 0.95 (DESIGN.md 1).
+# The S2L-PO authors sampled the frozen explorer at temperature 0.7, top_p 0.95 (docs/design.md 1).
 def default_explorer_sampling() -> SamplingConfig:
     return SamplingConfig(temperature=0.7, top_p=0.95)

@@ -18,7 +18,7 @@ key. The server is trusted once the socket listening on its port belongs to its 
 authenticated).
 
 On CPU (no CUDA in this process) this module sets SGLANG_USE_CPU_ENGINE=1, the CPU flags of
-DESIGN.md 3.2 and float32, and puts `cpu_shims/` (see its README) plus the directory that holds the
+docs/design.md 3.2 and float32, and puts `cpu_shims/` (see its README) plus the directory that holds the
 server-only torchvision in front of that child's PYTHONPATH only.
 """
 

@@ -1,4 +1,4 @@
-"""Start-up check that the explorer and the learner share one tokenizer (DESIGN.md 1).
+"""Start-up check that the explorer and the learner share one tokenizer (docs/design.md 1).
 
 S2L-PO mixes both models' token ids in one group and the learner scores the explorer's tokens, so
 the two vocabularies, their special tokens and the chat template must be identical, not just alike.

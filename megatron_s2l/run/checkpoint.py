@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,36 @@ def checkpoint_dir(checkpoints: Path, step: int) -> Path:
     return checkpoints / f"step_{step:06d}"
 
 
+def checkpoints_to_prune(checkpoints: Path, keep_last: int, keep_steps: Collection[int] = ()) -> list[Path]:
+    """The step directories to delete: all but the newest `keep_last` complete checkpoints (with
+    `loop.pt`; ordered by step number, not name: step_1000000 is newer than step_999999) and those
+    of `keep_steps`. A partial one (a save that failed) does not count as kept and goes too. Nothing
+    when `keep_last` is 0 (keep all). Only `step_NNNNNN` directories are considered."""
+    if keep_last == 0:
+        return []
+    saved = sorted(
+        (p for p in checkpoints.iterdir() if p.is_dir() and _STEP_NAME.fullmatch(p.name)), key=_step_of
+    )
+    newest = [p for p in saved if (p / "loop.pt").is_file()][-keep_last:]
+    keep = set(keep_steps)
+    return [p for p in saved if p not in newest and _step_of(p) not in keep]
+
+
+def _step_of(directory: Path) -> int:
+    return int(directory.name.removeprefix("step_"))
+
+
 def save_run_checkpoint(
-    checkpoints: Path, step: int, learner, loop_state: dict[str, Any] | None, keep_last: int
+    checkpoints: Path,
+    step: int,
+    learner,
+    loop_state: dict[str, Any] | None,
+    keep_last: int,
+    keep_steps: Collection[int] = (),
 ) -> Path:
     """Collective: every learner rank saves its learner shard; rank 0 adds the loop state and
-    publishes the checkpoint as `latest`, then prunes all but the last `keep_last`."""
+    publishes the checkpoint as `latest`, then prunes all but the last `keep_last` (0: none) and
+    those of `keep_steps` (config.CheckpointConfig)."""
     directory = checkpoint_dir(checkpoints, step)
     learner.save(directory / "learner")
     if dist.get_rank() == 0:
@@ -48,8 +74,7 @@ def save_run_checkpoint(
         pointer = checkpoints / (LATEST + ".tmp")
         pointer.write_text(directory.name)
         os.replace(pointer, checkpoints / LATEST)
-        kept = sorted(p for p in checkpoints.glob("step_*") if p.is_dir())
-        for old in kept[:-keep_last]:
+        for old in checkpoints_to_prune(checkpoints, keep_last, keep_steps):
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return directory

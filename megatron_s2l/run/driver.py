@@ -14,8 +14,10 @@ from typing import Any
 import torch
 
 from megatron_s2l.algo import s2l_split
+from megatron_s2l.archs import load_arch
 from megatron_s2l.config import S2LConfig
 from megatron_s2l.data import PromptRecord, PromptSampler, load_prompt_dataset, prompt_id
+from megatron_s2l.eval.protocol import cap_to_context
 from megatron_s2l.eval.score import sample_and_score, summarize
 from megatron_s2l.learner.parallel import ParallelLayout
 from megatron_s2l.reward import RewardScorer, check_data_source
@@ -23,9 +25,17 @@ from megatron_s2l.rollout.client import RolloutClient
 from megatron_s2l.rollout.engines import RolloutEngines
 from megatron_s2l.rollout.records import Prompt
 from megatron_s2l.rollout.sampler import merge_round_metrics
+from megatron_s2l.rollout.sampling_params import SamplingConfig
 from megatron_s2l.run.experience import Experience, build_experience, keep_groups_with_signal, score_groups
 from megatron_s2l.run.metrics import RunLogger
 from megatron_s2l.run.rundir import RunDir
+from megatron_s2l.run.samples import (
+    eval_sample_path,
+    eval_sample_rows,
+    rollout_sample_path,
+    rollout_sample_rows,
+    write_sample_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +57,7 @@ class Driver:
         )
         self.train_set = load(cfg.data.train_files)
         self.eval_set = load(cfg.data.eval_files) if cfg.data.eval_files else None
+        self.eval_sampling = self._eval_sampling()
         self.prompts = PromptSampler(range(len(self.train_set)), shuffle=cfg.data.shuffle, seed=cfg.seed)
         self._batches = self.prompts.batches(cfg.schedule.prompts_per_step)
         # The workers read model output: they get no engine API key (nor any other secret).
@@ -62,6 +73,19 @@ class Driver:
         self._ahead: tuple[list[int], dict[str, int]] | None = None
         """The next step's prompts, drawn early for the explorer prefetch, and the prompt sampler's
         state before that draw (what a checkpoint saves: a resumed run draws them again)."""
+
+    def _eval_sampling(self) -> SamplingConfig | None:
+        """`eval.sampling` with its response cap cut to the learner engines' context less the longest
+        evaluation prompt (as `s2l eval` does); None without evaluation prompts."""
+        if self.eval_set is None or len(self.eval_set) == 0:
+            return None
+        context = self.cfg.rollout.learner.engine.context_length
+        context = context or load_arch(self.cfg.model.learner).max_position_embeddings
+        longest = max(map(len, self.eval_set.prompt_ids))
+        try:
+            return cap_to_context(self.cfg.eval.sampling, context, longest)
+        except ValueError as e:
+            raise ValueError(f"eval.sampling: {e}") from e
 
     def log_summary(self, layout: ParallelLayout) -> None:
         """The run's derived numbers, once at start-up (nanochat's "Calculated ..." lines)."""
@@ -125,6 +149,9 @@ class Driver:
                 )
         scored = _trim(scored, want)
         experience = build_experience(scored, algo, self.pad_id)
+        if self.cfg.logging.dump_samples:
+            rows = rollout_sample_rows(experience, self.tokenizer, step, self.cfg.logging.dump_samples)
+            write_sample_rows(rollout_sample_path(self.run.samples, step), rows)
         elapsed = time.perf_counter() - started - reward_seconds
         tokens = sum(len(r.response_ids) for r in experience.records)
         metrics = {
@@ -167,8 +194,9 @@ class Driver:
         self.sampler.prefetch_explorer([self._prompt(i)[0] for i in indices], step)
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """avg@k and pass@k on the held-out prompts, sampled from the learner engines (seeded)."""
-        if self.eval_set is None:
+        """avg@k and pass@k on the held-out prompts, sampled from the learner engines (seeded) with
+        `eval.sampling` (the paper's evaluation protocol by default, not the training rollouts')."""
+        if self.eval_set is None or self.eval_sampling is None:
             return {}
         k = self.cfg.eval.samples_per_prompt
         client = RolloutClient(self.engines.learner, "learner", self.cfg.rollout.client)
@@ -179,11 +207,16 @@ class Driver:
                 self.tokenizer,
                 self.scorer,
                 n=k,
-                sampling=self.cfg.rollout.learner_sampling,
+                sampling=self.eval_sampling,
                 seed=self.cfg.seed,
                 step=step,
             )
         )
+        if self.cfg.logging.dump_samples:
+            rows = eval_sample_rows(
+                results, self.eval_set, self.tokenizer, step, self.cfg.logging.dump_samples
+            )
+            write_sample_rows(eval_sample_path(self.run.samples, step), rows)
         summary = summarize(results, k)
         return {
             "eval/avg_at_k": summary["avg@n"],

@@ -42,6 +42,11 @@ class RunDir:
         return self.root / "plots"
 
     @property
+    def samples(self) -> Path:
+        """Decoded rollout and evaluation samples per step (`logging.dump_samples`)."""
+        return self.root / "samples"
+
+    @property
     def engine_logs(self) -> Path:
         """Where the engine servers log, unless `rollout.log_dir` says otherwise."""
         return self.root / "engine-logs"

@@ -12,7 +12,7 @@ from megatron_s2l.rollout.http import bearer
 from megatron_s2l.rollout.server import RUN_API_KEY
 
 # Engine (SGLang, float32 on CPU) vs transformers log-probs: measured differences are ~3e-6
-# (DESIGN.md 3.2); 1e-4 leaves room for kernel order while still catching wrong weights.
+# (docs/design.md 3.2); 1e-4 leaves room for kernel order while still catching wrong weights.
 LOGPROB_ATOL = 1e-4
 
 

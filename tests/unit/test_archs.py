@@ -31,7 +31,7 @@ def test_param_count_equals_transformers(name: str) -> None:
 
 
 def test_published_sizes() -> None:
-    """The counts the model cards and DESIGN.md 7 give (0.6B: 596,049,920 in Keras Hub's preset)."""
+    """The counts the model cards and docs/design.md 5 give (0.6B: 596,049,920 in Keras Hub's preset)."""
     counts = {n: load_arch(n).param_count() for n in bundled_names()}
     assert counts["qwen3-0.6b"] == 596_049_920
     assert round(counts["qwen3-1.7b"] / 1e9, 2) == 1.72

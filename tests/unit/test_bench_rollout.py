@@ -14,7 +14,9 @@ import pytest
 from megatron_s2l.archs import ModelArch, load_arch
 from megatron_s2l.bench.rollout_measured import (
     CSV_FIELDS,
+    bench_engines,
     format_table,
+    method_engines,
     method_totals,
     plot_steps,
     step_record,
@@ -23,6 +25,7 @@ from megatron_s2l.bench.rollout_measured import (
 from megatron_s2l.bench.rollout_model import Lengths, compare_rollout_flops
 from megatron_s2l.bench.rollout_runs import measure_run
 from megatron_s2l.cli import main
+from megatron_s2l.rollout.config import EngineConfig, EnginePoolConfig, RolloutConfig
 from megatron_s2l.rollout.records import RolloutBatch, RolloutGroup, RolloutRecord
 
 NUM_GPUS = 0
@@ -380,3 +383,82 @@ def test_measured_arguments(argv: list[str], error: str, capsys: pytest.CaptureF
     """Misused options fail before any engine starts."""
     assert main(["bench", "rollout", *argv]) == 2
     assert error in capsys.readouterr().err
+
+
+# --- measured mode: equal hardware ------------------------------------------------------------------
+
+
+def gpu_rollout(learner: tuple[int, int], explorer: tuple[int, int], **pool_extra) -> RolloutConfig:
+    """Rollout config with (num_engines, tp) per pool, on CUDA."""
+
+    def pool(engines_tp: tuple[int, int]) -> EnginePoolConfig:
+        n, tp = engines_tp
+        return EnginePoolConfig(num_engines=n, engine=EngineConfig(device="cuda", tp=tp), **pool_extra)
+
+    return RolloutConfig(learner=pool(learner), explorer=pool(explorer))
+
+
+@pytest.mark.parametrize(
+    ("learner", "explorer", "grpo_engines"),
+    [
+        ((3, 2), (2, 1), 4),  # yaml/qwen3-8b-s2l.yaml's pools: 6 + 2 = 8 GPUs; GRPO 4 x TP 2 = 8
+        ((5, 4), (4, 1), 6),  # yaml/qwen3-14b-s2l.yaml's: 20 + 4 = 24; GRPO 6 x TP 4 = 24
+        ((3, 1), (1, 1), 4),  # yaml/smoke-1node.yaml's: 3 + 1 = 4
+    ],
+)
+def test_grpo_gets_the_explorer_gpus_too(learner: tuple, explorer: tuple, grpo_engines: int) -> None:
+    engines = bench_engines(gpu_rollout(learner, explorer), with_explorer=True)
+    s2l_gpus = learner[0] * learner[1] + explorer[0] * explorer[1]
+    assert engines.grpo.learner.num_engines == grpo_engines
+    assert engines.grpo.learner.num_engines * engines.grpo.learner.engine.tp == s2l_gpus
+    assert engines.s2l.learner.num_engines == learner[0] and engines.equal
+    assert engines.describe(with_explorer=True) == (
+        f"S2L-PO: learner {learner[0]} x TP {learner[1]} + explorer {explorer[0]} x TP {explorer[1]} = "
+        f"{s2l_gpus} GPUs; GRPO and high-temp GRPO: learner {grpo_engines} x TP {learner[1]} = "
+        f"{s2l_gpus} GPUs"
+    )
+
+
+def test_equal_hardware_refusals_and_pass_throughs() -> None:
+    with pytest.raises(ValueError, match=r"explorer's 1 devices .* multiple of rollout.learner.engine.tp"):
+        bench_engines(gpu_rollout((3, 2), (1, 1)), with_explorer=True)
+    rollout = gpu_rollout((3, 2), (1, 1))
+    assert bench_engines(rollout, with_explorer=False).grpo is rollout  # GRPO-only config: nothing to add
+    attached = gpu_rollout((1, 2), (1, 1), external_urls=["http://node1:30000"])
+    engines = bench_engines(attached, with_explorer=True)
+    assert engines.grpo is attached and not engines.equal
+    assert "hardware not equalised" in engines.describe(with_explorer=True)
+
+
+def test_measured_engines_use_every_gpu_without_world_size(monkeypatch, tmp_path: Path) -> None:
+    """The bench runs no learner rank: with WORLD_SIZE unset, an 8-GPU node's engines needing 8 GPUs
+    fit (a training process would keep GPU 0 for its one learner rank), and GRPO's take the same 8."""
+    from megatron_s2l.config import load_config
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(str(i) for i in range(8)))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("S2L_ENGINE_API_KEY", "k")  # the config's engines listen on 0.0.0.0
+    cfg = load_config(
+        ROOT / "yaml/qwen3-8b-s2l.yaml",
+        ["rollout.learner.engine.device=cuda", "rollout.explorer.engine.device=cuda"],
+    )
+    engines_of = bench_engines(cfg.rollout, with_explorer=True)
+    gpus_of = lambda pool: [server.process.env["CUDA_VISIBLE_DEVICES"] for server in pool.servers]
+    s2l = method_engines(cfg, engines_of, "s2l", tmp_path)
+    assert gpus_of(s2l.learner) == ["0,1", "2,3", "4,5"] and gpus_of(s2l.explorer) == ["6", "7"]
+    grpo = method_engines(cfg, engines_of, "grpo", tmp_path)
+    assert grpo.explorer is None and gpus_of(grpo.learner) == ["0,1", "2,3", "4,5", "6,7"]
+    # A training process keeps GPU 0 for its learner rank when torchrun's count is absent.
+    from dataclasses import replace
+
+    from megatron_s2l.rollout.engines import RolloutEngines
+
+    rollout = replace(cfg.rollout, log_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="need 8 GPUs, 7 are free"):
+        RolloutEngines(rollout, explorer_model=cfg.model.explorer, learner_model=cfg.model.learner)
+
+
+def test_measured_table_names_the_engines(measured_records: list) -> None:
+    lines = format_table(method_totals(measured_records), "S2L-PO: ...; GRPO ...").splitlines()
+    assert lines[:3] == ["engines: S2L-PO: ...; GRPO ...", "", lines[2]] and lines[2].startswith("| method |")

@@ -54,3 +54,15 @@ def test_config_prints_resolved_yaml_and_reports_errors(tmp_path: Path) -> None:
     assert out.returncode == 0 and "group_size: 4" in out.stdout and "steps: 3" in out.stdout
     bad = s2l("config", str(path), "schedule.bogus=1")
     assert bad.returncode == 2 and "schedule.bogus: unknown key" in bad.stderr
+
+
+def test_export_is_a_command_and_refuses_before_any_rank(tmp_path: Path) -> None:
+    """`s2l export RUN_DIR@STEP --output DIR` is listed and checks its argument and the run directory
+    before starting a learner (the export itself: tests/integration/test_export_cli.py)."""
+    assert "export" in s2l("--help").stdout
+    usage = s2l("export", "--help")
+    assert usage.returncode == 0 and "RUN_DIR@STEP" in usage.stdout and "--output" in usage.stdout
+    out = s2l("export", f"{tmp_path}@x")
+    assert out.returncode == 2 and "expected RUN_DIR@STEP with an integer step" in out.stderr
+    out = s2l("export", f"{tmp_path}@4", "--output", str(tmp_path / "hf"))
+    assert out.returncode == 2 and "is not a run directory" in out.stderr

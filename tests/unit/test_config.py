@@ -25,7 +25,7 @@ def test_every_shipped_yaml_loads(path: Path) -> None:
 
 
 def test_paper_configs_hold_the_authors_recipe() -> None:
-    """yaml/paper/: the values of the authors' runs (DESIGN.md 7), one config per run."""
+    """yaml/paper/: the values of the authors' runs (each header names its sources), one config per run."""
     cfg = load_config(ROOT / "yaml/paper/qwen3-8b-1.7b-s2l.yaml")
     assert (cfg.schedule.group_size, cfg.schedule.prompts_per_step, cfg.schedule.steps) == (16, 1024, 16)
     assert cfg.schedule.t_mix == 8 and cfg.algo.ppo_mini_batch_prompts == 32

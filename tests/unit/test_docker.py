@@ -203,6 +203,63 @@ def check_makefile_cpu_pins(makefile_text: str, pyproject_text: str, lock_text: 
     return problems
 
 
+def dockerfile_stages(text: str) -> dict[str, tuple[str, list[str]]]:
+    """{stage name: (the stage it starts FROM, its instructions)}, continuation lines joined."""
+    joined = re.sub(
+        r"\\\n\s*", " ", "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+    )
+    stages: dict[str, tuple[str, list[str]]] = {}
+    current: list[str] = []
+    for line in joined.splitlines():
+        m = re.match(r"^FROM\s+(\S+)\s+AS\s+(\S+)", line)
+        if m:
+            current = []
+            stages[m.group(2)] = (m.group(1), current)
+        elif line.strip():
+            current.append(line.strip())
+    return stages
+
+
+def stage_env(text: str, target: str) -> dict[str, str]:
+    """The ENV a target stage runs with: its own and its parent stages' `ENV K=V` (later ones win,
+    `${K}` expanded), from the base image up (the base image's own PATH is left as `${PATH}`)."""
+    stages = dockerfile_stages(text)
+    chain, name = [], target
+    while name in stages:
+        chain.append(name)
+        name = stages[name][0]
+    env: dict[str, str] = {}
+    for stage in reversed(chain):
+        for line in stages[stage][1]:
+            if line.startswith("ENV "):
+                for key, value in re.findall(r"([A-Z_][A-Z0-9_]*)=(\S+)", line[4:]):
+                    env[key] = re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), m.group(0)), value)
+    return env
+
+
+def s2l_bin_dirs(dockerfile_text: str, makefile_text: str) -> dict[str, str]:
+    """Where each target installs `s2l`: the gpu stage's `python3.11 -m venv DIR` (pip installs into
+    it), the cpu stage's WORKDIR plus the Makefile's VENV (`make setup`)."""
+    stages = dockerfile_stages(dockerfile_text)
+    venv = re.search(r"python3\.11 -m venv (\S+)", dockerfile_text)
+    workdir = [ln.split()[1] for ln in stages.get("cpu", ("", []))[1] if ln.startswith("WORKDIR ")]
+    make_venv = re.search(r"^VENV \?= (\S+)$", makefile_text, flags=re.M)
+    return {
+        "gpu": f"{venv.group(1)}/bin" if venv else "",
+        "cpu": f"{workdir[-1]}/{make_venv.group(1)}/bin" if workdir and make_venv else "",
+    }
+
+
+def check_s2l_on_path(dockerfile_text: str, makefile_text: str) -> list[str]:
+    """Both targets put the directory holding `s2l` on PATH (`docker run IMAGE s2l --help`)."""
+    problems = []
+    for target, bin_dir in s2l_bin_dirs(dockerfile_text, makefile_text).items():
+        path = stage_env(dockerfile_text, target).get("PATH", "").split(":")
+        if not bin_dir or bin_dir not in path:
+            problems.append(f"target {target}: {bin_dir or 's2l'} is not on PATH ({':'.join(path)})")
+    return problems
+
+
 # ---------------------------------------------------------------------------------------------------
 # Tests
 
@@ -267,3 +324,23 @@ def test_makefile_cpu_pins_satisfy_pyproject() -> None:
 @pytest.mark.parametrize("path", [".venv", ".git", "/cache", "/runs"])
 def test_dockerignore_keeps_outputs_out_of_the_context(path: str) -> None:
     assert path in read(".dockerignore").split()
+
+
+def test_both_targets_put_s2l_on_path() -> None:
+    dockerfile, makefile = read("Dockerfile"), read("Makefile")
+    assert s2l_bin_dirs(dockerfile, makefile) == {
+        "gpu": "/opt/venv/bin",
+        "cpu": "/opt/megatron-s2l/.venv/bin",
+    }
+    assert check_s2l_on_path(dockerfile, makefile) == []
+    assert "/opt/nccl-tests" in stage_env(dockerfile, "gpu")["PATH"].split(":")  # the gpu stage's own ENV
+    # Broken on purpose: the cpu target without its ENV PATH (what `podman run ... s2l` hit: exit 127),
+    # and the gpu image's venv moved without its PATH following.
+    no_cpu_path = dockerfile.replace("    PATH=/opt/megatron-s2l/.venv/bin:${PATH}", "    XPATH=1")
+    assert no_cpu_path != dockerfile
+    assert check_s2l_on_path(no_cpu_path, makefile) == [
+        "target cpu: /opt/megatron-s2l/.venv/bin is not on PATH ()"
+    ]
+    moved = dockerfile.replace("python3.11 -m venv /opt/venv", "python3.11 -m venv /opt/env")
+    assert check_s2l_on_path(moved, makefile)
+    assert check_s2l_on_path(dockerfile, makefile.replace("VENV ?= .venv", "VENV ?= venv"))

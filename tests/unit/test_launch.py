@@ -3,11 +3,15 @@ that the trainer's emitted overrides parse with the project's config loader. No 
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 from megatron_s2l.cli import main
@@ -21,6 +25,7 @@ from megatron_s2l.launch.plan import (
     pack_engines,
     plan_launch,
 )
+from megatron_s2l.run.rundir import RunDir
 
 NUM_GPUS = 0
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +129,7 @@ def test_shipped_layouts_are_consistent(path: Path) -> None:
 def test_two_node_8b_commands() -> None:
     plan = make_plan(CONFIG_8B, 2)
     (torchrun,) = plan.nodes[0].commands
-    assert torchrun[:12] == (
+    assert torchrun[:14] == (
         "torchrun",
         "--nnodes",
         "1",
@@ -136,9 +141,11 @@ def test_two_node_8b_commands() -> None:
         "c10d",
         "--rdzv-endpoint",
         "n0:29500",
+        "--shutdown-timeout",
+        "900",
         "-m",
     )
-    assert torchrun[12:16] == ("megatron_s2l.cli", "train", "--config", CONFIG_8B)
+    assert torchrun[14:18] == ("megatron_s2l.cli", "train", "--config", CONFIG_8B)
     learner, explorer = plan.nodes[1].commands
     assert flag(learner, "--model") == "/models/Qwen3-8B-Base"
     assert (flag(learner, "--gpus"), flag(learner, "--port"), flag(learner, "--tp")) == (
@@ -317,41 +324,187 @@ def test_cli_dry_run_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--node-rank 2: the layout has nodes 0..1" in capsys.readouterr().err
 
 
-class _Exec(Exception):
-    """Stands in for os.execv, which never returns."""
-
-
 def test_node_rank_runs_that_nodes_commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    """--node-rank K: a learner node waits for the engines, then execs torchrun; an engine node execs
-    its one `s2l serve`, or supervises two."""
+    """--node-rank K: a learner node waits for the engines, runs torchrun, then asks every engine node
+    to shut down (whatever the trainer's status); an engine node runs its `s2l serve` lines."""
     from megatron_s2l.launch import cli as launch_cli
 
     calls: list[tuple] = []
 
-    def fake_exec(path: str, argv: list[str]) -> None:
-        calls.append(("exec", path, argv[:2]))
-        raise _Exec
+    def fake_trainer(argv: list[str], kill_after_s: float) -> tuple[int, bool]:
+        calls.append(("trainer", argv[:2], kill_after_s))
+        return 3, False
 
     monkeypatch.setenv("S2L_ENGINE_API_KEY", "k")
-    monkeypatch.setattr(launch_cli.os, "execv", fake_exec)
+    monkeypatch.setattr(launch_cli, "run_trainer", fake_trainer)
     monkeypatch.setattr(
-        launch_cli, "supervise", lambda cmds: calls.append(("supervise", [c[:2] for c in cmds]))
+        launch_cli,
+        "run_engine_node",
+        lambda cmds, options, key: calls.append(("engines", [c[:2] for c in cmds])),
     )
     monkeypatch.setattr(
         launch_cli, "wait_for_engines", lambda plan, s: calls.append(("wait", len(plan.engines)))
     )
+    monkeypatch.setattr(
+        launch_cli, "request_shutdown", lambda hosts, port, key: calls.append(("shutdown", hosts, port, key))
+    )
     monkeypatch.setattr(launch_cli, "resolve_program", lambda name: f"/usr/bin/{name}")
     plan = make_plan(CONFIG_14B, 4)
-    with pytest.raises(_Exec):
-        launch_cli.run_node(plan, 0, engine_wait_s=60)
-    assert calls == [("wait", 9), ("exec", "/usr/bin/torchrun", ["torchrun", "--nnodes"])]
+    source = launch_cli.RunSource(CONFIG_14B, None, [], RunDir(Path("/nonexistent/run")))
+    # The learner node ends with the trainer's status, after asking every engine node to stop.
+    assert launch_cli.run_node(plan, 0, 60, source) == 3
+    assert calls == [
+        ("wait", 9),
+        ("trainer", ["/usr/bin/torchrun", "--nnodes"], 960),
+        ("shutdown", ["n1", "n2", "n3"], 29600, "k"),
+    ]
     calls.clear()
-    with pytest.raises(_Exec):
-        launch_cli.run_node(plan, 1, engine_wait_s=60)
-    assert calls == [("exec", "/usr/bin/s2l", ["s2l", "serve"])]
-    calls.clear()
-    launch_cli.run_node(plan, 3, engine_wait_s=60)
-    assert calls == [("supervise", [["/usr/bin/s2l", "serve"], ["/usr/bin/s2l", "serve"]])]
+    launch_cli.run_node(plan, 3, 60, source)
+    assert calls == [("engines", [("s2l", "serve"), ("s2l", "serve")])]
     monkeypatch.delenv("S2L_ENGINE_API_KEY")
     with pytest.raises(ValueError, match="S2L_ENGINE_API_KEY is unset"):
-        launch_cli.run_node(plan, 1, engine_wait_s=60)
+        launch_cli.run_node(plan, 1, 60, source)
+
+
+def save_run_config(run_dir: Path, config: str, overrides: list[str]) -> None:
+    """RUN_DIR/config.yaml as `s2l train` writes it (the engine URLs of the job that ran it included)."""
+    import yaml
+    from megatron_s2l.configio import to_dict
+
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(load_config(ROOT / config, overrides))))
+
+
+def torchrun_line(out: str) -> list[str]:
+    return shlex.split(next(line for line in out.splitlines() if line.startswith("torchrun")))
+
+
+def test_resume_uses_the_runs_own_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--resume RUN_DIR: the layout and the trainer come from RUN_DIR/config.yaml (not a YAML file),
+    the trainer continues the run, and this job's engine URLs replace the ones the run recorded."""
+    run = tmp_path / "run"
+    old = make_plan(CONFIG_8B, 2, "rollout.learner.num_engines=2")  # the run's own layout differs
+    save_run_config(run, CONFIG_8B, ["rollout.learner.num_engines=2", *old.train_overrides])
+    assert main(["launch", "--resume", str(run), "seed=5", "--hosts", "a,b", "--dry-run"]) == 0
+    argv = torchrun_line(capsys.readouterr().out)
+    assert "--config" not in argv
+    tail = argv[argv.index("--resume") :]
+    assert tail[:3] == ["--resume", str(run), "seed=5"]
+    data = apply_overrides({}, tail[3:])
+    assert data["rollout"]["learner"]["external_urls"] == ["http://b:30000", "http://b:30001"]
+    assert main(["launch", "--resume", str(run), "name=x", "--hosts", "a,b", "--dry-run"]) == 2
+    assert "a resumed run stays in" in capsys.readouterr().err
+    assert main(["launch", "--resume", str(tmp_path / "none"), "--hosts", "a,b", "--dry-run"]) == 2
+    assert "no run there" in capsys.readouterr().err
+
+
+def test_resume_existing_resumes_only_a_run_that_exists(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sbatch's --resume-existing: a new run starts from --config; once its run directory holds a
+    run (a requeued job), the same command line continues it."""
+    where = f"logging.run_dir={tmp_path}/{{name}}"
+    argv = [
+        "launch",
+        "--config",
+        str(ROOT / CONFIG_8B),
+        where,
+        "--resume-existing",
+        "--hosts",
+        "a,b",
+        "--dry-run",
+    ]
+    assert main(argv) == 0
+    first = torchrun_line(capsys.readouterr().out)
+    assert first[first.index("train") + 1 : first.index("train") + 4] == [
+        "--config",
+        str(ROOT / CONFIG_8B),
+        where,
+    ]
+    run = tmp_path / load_config(ROOT / CONFIG_8B).name
+    save_run_config(run, CONFIG_8B, [where])
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    again = torchrun_line(out)
+    assert f"{run} holds a run: resuming it" in out
+    assert again[again.index("train") + 1 : again.index("train") + 3] == ["--resume", str(run)]
+    assert where not in again  # `s2l train --resume` refuses the run directory's keys
+
+
+def test_shutdown_endpoint_needs_the_key() -> None:
+    from megatron_s2l.launch.lifecycle import ShutdownServer, request_shutdown
+    from megatron_s2l.net import find_free_port
+
+    port = find_free_port()
+    server = ShutdownServer("127.0.0.1", port, "secret")
+    try:
+        assert request_shutdown(["127.0.0.1"], port, "wrong") == ["127.0.0.1"]
+        assert (
+            httpx.post(
+                f"http://127.0.0.1:{port}/other", headers={"Authorization": "Bearer secret"}
+            ).status_code
+            == 404
+        )
+        assert not server.requested.is_set()
+        assert request_shutdown(["127.0.0.1"], port, "secret") == []
+        assert server.requested.is_set()
+    finally:
+        server.close()
+    assert request_shutdown(["127.0.0.1"], port, "secret", timeout_s=2) == ["127.0.0.1"]  # gone: reported
+
+
+def test_supervise_stops_every_command_on_request_or_when_one_ends() -> None:
+    from megatron_s2l.launch.cli import supervise
+
+    started = time.monotonic()
+    assert supervise([["sleep", "60"], ["sleep", "60"]], lambda: time.monotonic() - started > 1) == 0
+    assert time.monotonic() - started < 10
+    assert supervise([["sleep", "60"], ["sh", "-c", "exit 4"]], lambda: False) == 4
+    assert time.monotonic() - started < 20
+
+
+def test_engine_node_outlives_one_sigterm_for_the_shutdown_call() -> None:
+    """Under SLURM every task gets the time-limit SIGTERM: the engines serve on (the trainer is
+    finishing its step) until the call, a second SIGTERM, or the grace period."""
+    import threading
+
+    from megatron_s2l.launch.lifecycle import engine_node_stop
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        call = threading.Event()
+        should_stop = engine_node_stop(call, term_grace_s=0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert not should_stop()
+        time.sleep(0.7)
+        assert should_stop()  # the grace period ran out
+        call = threading.Event()
+        should_stop = engine_node_stop(call, term_grace_s=60)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert not should_stop()
+        call.set()  # the trainer's shutdown call
+        assert should_stop()
+        should_stop = engine_node_stop(threading.Event(), term_grace_s=60)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert should_stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def test_stop_signal_and_stopped_at(tmp_path: Path) -> None:
+    from megatron_s2l.run.stop import StopSignal, stopped_at
+
+    stop = StopSignal.install()
+    try:
+        assert not stop.agreed(1)
+        os.kill(os.getpid(), signal.SIGTERM)  # recorded, not fatal
+        assert stop.agreed(2)
+    finally:
+        stop.restore()
+    run = RunDir(tmp_path)
+    assert stopped_at(run, 3) is None  # no checkpoint: nothing to resume
+    (run.checkpoints / "step_000002").mkdir(parents=True)
+    (run.checkpoints / "latest").write_text("step_000002")
+    assert stopped_at(run, 3) == 2 and stopped_at(run, 2) is None  # step 2 of 2: finished

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from megatron_s2l.archs import load_arch
 from megatron_s2l.plan.cli import EXIT_DOES_NOT_FIT, add_arguments, run
 
 NUM_GPUS = 0
@@ -19,7 +20,7 @@ CONFIG_8B = str(ROOT / "yaml" / "qwen3-8b-s2l.yaml")  # TP 2 x DP 4, distributed
 CONFIG_14B = str(ROOT / "yaml" / "qwen3-14b-s2l.yaml")  # TP 4 x DP 2
 GIB = 2**30
 
-# Qwen3-8B at TP 2 (DESIGN.md section 7: hidden 4096, 36 layers, 32 Q heads, 8 KV heads, head_dim 128,
+# Qwen3-8B at TP 2 (docs/design.md 5: hidden 4096, 36 layers, 32 Q heads, 8 KV heads, head_dim 128,
 # FFN 12288, vocab 151936, untied), worked out by hand:
 #   layer matmuls: q, o 2 x 4096 x 4096 = 33,554,432; k, v 2 x 4096 x 1024 = 8,388,608;
 #                  gate, up, down 3 x 4096 x 12288 = 150,994,944 -> 192,937,984, / TP 2 = 96,468,992
@@ -39,7 +40,7 @@ def plan(capsys: pytest.CaptureFixture[str], config: str, *overrides: str) -> tu
 
 
 def state_gib(learner: dict) -> float:
-    """Weights + gradients + optimizer: what DESIGN.md's memory figures count."""
+    """Weights + gradients + optimizer: what the memory figures of docs/design.md 5 count."""
     return sum(learner["gib"][name] for name in ("weights", "grads", "optimizer"))
 
 
@@ -49,7 +50,7 @@ def test_8b_at_tp2_parameters_and_fit(capsys: pytest.CaptureFixture[str]) -> Non
     learner = out["learner"]
     assert learner["params_per_gpu"] == PARAMS_8B_TP2 == 4_096_046_080
     assert learner["padded_vocab"] == 152_064
-    # DESIGN.md: 8B at TP 2, DP 4 ~34 GiB before activations: 4,096,046,080 x (6 + 12/4) bytes
+    # docs/design.md 5: 8B at TP 2, DP 4 ~34 GiB before activations: 4,096,046,080 x (6 + 12/4) bytes
     assert state_gib(learner) == pytest.approx(PARAMS_8B_TP2 * 9 / GIB) == pytest.approx(34.33, abs=0.01)
     assert learner["total_gib"] == pytest.approx(sum(learner["gib"].values()))
     assert out["gpus"] == {"learner": 8, "engines": 3 * 2 + 2 * 1, "total": 16}
@@ -93,7 +94,7 @@ def test_14b_at_tp1_dp8_does_not_fit(capsys: pytest.CaptureFixture[str]) -> None
     learner = out["learner"]
     assert learner["setup"]["dp"] == 8
     assert learner["params_per_gpu"] == 14_768_307_200  # vocab 151,936 is already a multiple of 128
-    # DESIGN.md: 14B at TP 1, DP 8 ~103 GiB before activations: x (6 + 12/8) bytes
+    # docs/design.md 5: 14B at TP 1, DP 8 ~103 GiB before activations: x (6 + 12/8) bytes
     assert state_gib(learner) == pytest.approx(14_768_307_200 * 7.5 / GIB) == pytest.approx(103.15, abs=0.01)
     [reason] = out["reasons"]
     assert reason.startswith("learner (qwen3-14b, TP 1 x PP 1 x DP 8)")
@@ -113,7 +114,7 @@ def test_table_names_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
 def test_14b_at_tp4_fits(capsys: pytest.CaptureFixture[str]) -> None:
     status, out = plan(capsys, CONFIG_14B)
     assert status == 0 and out["learner"]["setup"]["tp"] == 4
-    # DESIGN.md: 14B at TP 4, DP 2 ~41 GiB before activations
+    # docs/design.md 5: 14B at TP 4, DP 2 ~41 GiB before activations
     assert state_gib(out["learner"]) == pytest.approx(41.3, abs=0.1)
 
 
@@ -270,3 +271,15 @@ def test_placement_note_is_not_the_stale_one(capsys: pytest.CaptureFixture[str])
     _, out = plan(capsys, CONFIG_8B)
     assert not any("places no engine on a GPU" in note for note in out["notes"])
     assert any("after its learner ranks'" in note for note in out["notes"])
+
+
+CONFIG_SMOKE = str(ROOT / "yaml" / "smoke-1node.yaml")  # one 8-GPU node, 1.7B learner + 0.6B explorer
+
+
+def test_single_node_smoke_fits_one_node(capsys: pytest.CaptureFixture[str]) -> None:
+    """Learner ranks and engines together take the node's 8 GPUs, no more: the trainer starts the
+    engines on the GPUs after the learner ranks' (rollout/engines.py), so they must fit beside them."""
+    status, out = plan(capsys, CONFIG_SMOKE)
+    assert status == 0 and out["fits"] and out["reasons"] == [], out["reasons"]
+    assert out["gpus"] == {"learner": 4, "engines": 3 + 1, "total": 8}
+    assert out["learner"]["params_per_gpu"] == load_arch("qwen3-1.7b").param_count()  # TP 1: all of it
