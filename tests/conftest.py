@@ -32,3 +32,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's own hook has applied the groups
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail fast when `--dist loadgroup` did not group the tests (a pytest or pytest-xdist upgrade that
+    breaks it would otherwise run the server tests in both workers, each starting its own servers)."""
+    if session.config.getoption("dist", "no") != "loadgroup" or not hasattr(session.config, "workerinput"):
+        return
+    ungrouped = [item.nodeid for item in session.items if "@" not in item.nodeid]
+    if ungrouped:
+        raise pytest.UsageError(
+            f"--dist loadgroup left {len(ungrouped)} tests ungrouped, e.g. {ungrouped[0]}"
+        )
