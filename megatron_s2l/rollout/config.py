@@ -58,7 +58,8 @@ class EngineConfig:
     dtype: str = "auto"
     """SGLang `--dtype`; `auto` means float32 on CPU (SGLang would pick a half dtype there)."""
     mem_fraction_static: float | None = None
-    """`--mem-fraction-static`; None is SGLang's default on GPU and 0.05 on CPU."""
+    """`--mem-fraction-static`; None is SGLang's default on GPU and 0.5 on CPU (where the KV cache is
+    sized by `max_total_tokens`)."""
     max_total_tokens: int | None = None
     """`--max-total-tokens` (KV cache size in tokens); None is SGLang's default, 8192 on CPU."""
     context_length: int | None = None

@@ -77,7 +77,11 @@ def build_server_command(
     cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model_path)]
     cmd += ["--host", config.host, "--port", str(port), "--tp-size", str(config.tp)]
     on_cpu = device == "cpu"
-    cpu_defaults = {"mem_fraction_static": 0.05, "max_total_tokens": 8192, "max_running_requests": 32}
+    # NOTE: on CPU SGLang charges any drop in free host memory while it loads the weights to the
+    # weights, and fails when the drop exceeds 1 - mem_fraction_static of what was free before ("Loaded
+    # weights leave no GPU memory for the KV cache"): other processes (learner ranks, other engines)
+    # allocating meanwhile made 0.05 fail with 6.8 GB free. The KV cache is sized by max_total_tokens.
+    cpu_defaults = {"mem_fraction_static": 0.5, "max_total_tokens": 8192, "max_running_requests": 32}
     if on_cpu:
         cmd += ["--device", "cpu", "--attention-backend", "torch_native", "--sampling-backend", "pytorch"]
         cmd += ["--disable-cuda-graph"]
@@ -464,6 +468,13 @@ class _HttpProcess:
         if not listeners:
             return False
         foreign = listeners - socket_inodes_of(self.process.group_members())
+        if foreign:
+            # A server that is dying (killed, crashed) leaves its group a moment before its socket
+            # closes: judge again after that moment, and let a dead server be reported as dead.
+            time.sleep(0.2)
+            if not self.process.is_running():
+                return False
+            foreign = listening_socket_inodes(self.port) - socket_inodes_of(self.process.group_members())
         if foreign:
             self.stop()
             raise PortInUseError(

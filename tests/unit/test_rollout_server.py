@@ -34,7 +34,7 @@ def test_cpu_command_has_the_cpu_flags_float32_and_loopback(monkeypatch) -> None
     assert _flag(cmd, "--host") == "127.0.0.1" and _flag(cmd, "--port") == "1234"
     assert "--api-key" not in cmd and "k3y" not in " ".join(cmd)  # the key goes in a file (--config)
     assert _flag(cmd, "--context-length") == "512"
-    assert "--sleep-on-idle" in cmd and _flag(cmd, "--mem-fraction-static") == "0.05"
+    assert "--sleep-on-idle" in cmd and _flag(cmd, "--mem-fraction-static") == "0.5"
 
 
 def test_gpu_command_has_no_cpu_flags_and_keeps_dtype() -> None:
