@@ -438,7 +438,9 @@ class _HttpProcess:
                     f"{self.name} exited with code {self.process.proc.returncode} before it was healthy; "
                     f"log {self.process.log_path}:\n{self.process.log_tail()}"
                 )
-            if self._listens_on_own_socket() and self.is_healthy():
+            # Health first: a dying server (killed, crashed) answers no more while its socket still
+            # lingers outside its exiting group; only a listener that answers is judged by its owner.
+            if self.is_healthy() and self._listens_on_own_socket():
                 if self.api_key is not None and self.key_probe:
                     try:
                         check_key_is_enforced(self.url, self.api_key, self.name)
@@ -468,13 +470,6 @@ class _HttpProcess:
         if not listeners:
             return False
         foreign = listeners - socket_inodes_of(self.process.group_members())
-        if foreign:
-            # A server that is dying (killed, crashed) leaves its group a moment before its socket
-            # closes: judge again after that moment, and let a dead server be reported as dead.
-            time.sleep(0.2)
-            if not self.process.is_running():
-                return False
-            foreign = listening_socket_inodes(self.port) - socket_inodes_of(self.process.group_members())
         if foreign:
             self.stop()
             raise PortInUseError(

@@ -34,18 +34,23 @@ def test_a_request_in_flight_is_found(served_models) -> None:
         "input_ids": [1, 2, 3, 4],
         "sampling_params": {"temperature": 0.0, "max_new_tokens": 400, "ignore_eos": True},
     }
-    request = threading.Thread(
-        target=httpx.post, args=(url + "/generate",), kwargs={"json": payload, "timeout": 300}
-    )
-    request.start()
+    done = threading.Event()
+
+    def keep_generating() -> None:  # one long request after another, until the check has seen one
+        while not done.is_set():
+            httpx.post(url + "/generate", json=payload, timeout=300)
+
+    requests = threading.Thread(target=keep_generating)
+    requests.start()
     try:
-        deadline = time.monotonic() + 60
-        while (problem := explorer.problem()) is None and request.is_alive():
-            assert time.monotonic() < deadline
+        deadline = time.monotonic() + 120
+        while (problem := explorer.problem()) is None:
+            assert time.monotonic() < deadline, "no request ever seen in flight"
             time.sleep(0.05)
         assert problem == f"{url} has requests in flight"
     finally:
-        request.join(timeout=300)
+        done.set()
+        requests.join(timeout=300)
     assert explorer.problem() is None  # finished: idle again
 
 
