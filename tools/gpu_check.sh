@@ -254,7 +254,7 @@ run_step "learner step, fused output layer (no whole logits): qwen3-8b widths, 4
     '$PY tools/bench_learner_step.py --shape qwen3-8b --num-layers 4 --batch 8 --seq-len 2048 --steps 2 --fused-output' \
     '$PY tools/bench_learner_step.py --cpu-smoke --fused-output'
 
-# Colocated mode, the learner's side (issue 19): on CUDA the offload moves the optimizer state to
+# Colocated mode, the learner's side: on CUDA the offload moves the optimizer state to
 # pinned host memory and frees the gradient buffers; metrics, weights and a checkpoint round trip
 # must equal a learner that never offloads (bf16 there, fp32 on CPU). Unverified until this runs.
 run_step "learner offload between steps on CUDA (colocated mode)" 120 1 \

@@ -2,7 +2,7 @@
 engines start, and (`learner.offload_during_rollout`) its gradients and optimizer state leave the
 GPU while the colocated engines generate.
 
-Why (issue 19, read in SGLang 0.5.23): an engine sizes its memory pool once, at start-up, from the
+Why (read in SGLang 0.5.23): an engine sizes its memory pool once, at start-up, from the
 GPU memory free then (`KVCacheConfigurator._profile_available_bytes`: KV budget = free memory
 after its weights - (free memory before them) x (1 - mem_fraction_static)). Megatron's Adam creates
 its moments lazily, at the first optimizer step, i.e. after the engines measured: 8 bytes per
