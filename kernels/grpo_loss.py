@@ -2,7 +2,7 @@
 one forward and one backward pass over the logits.
 
 The per-token loss is `megatron_s2l.algo.loss.grpo_loss` itself (ratio, clip-higher, dual clip,
-optional KL, entropy bonus, the four aggregations) applied to the [B, T] log-probs and entropies
+optional KL, entropy bonus, every aggregation) applied to the [B, T] log-probs and entropies
 of the fused op. Autograd hands that op's backward dL/dlogp and dL/dH for every token at once, so
 the gradient of the whole loss is folded into its single backward kernel pass:
     dlogits = dL/dlogp * (onehot - p) - dL/dH * p * (log p + H)
@@ -34,6 +34,7 @@ def _apply_grpo_loss(
     ref_logprobs: torch.Tensor | None,
     global_tokens: int | float | None,
     global_seqs: int | None,
+    micro_batches: int,
 ) -> GRPOResult:
     # A detached entropy keeps the entropy term out of the backward kernel when it has no weight.
     entropy_in = entropy_BT if cfg.entropy_coef > 0 else entropy_BT.detach()
@@ -47,6 +48,7 @@ def _apply_grpo_loss(
         entropy=entropy_in,
         global_tokens=global_tokens,
         global_seqs=global_seqs,
+        micro_batches=micro_batches,
     )
     return loss, metrics, logp_BT.detach(), entropy_BT.detach()
 
@@ -64,6 +66,7 @@ def fused_grpo_loss(
     tp_group: dist.ProcessGroup | None = None,
     global_tokens: int | float | None = None,
     global_seqs: int | None = None,
+    micro_batches: int = 1,
     ignore_index: int = -100,
     inplace_backward: bool = False,
     vocab_size: int | None = None,
@@ -71,9 +74,9 @@ def fused_grpo_loss(
 ) -> GRPOResult:
     """GRPO loss of vocab-parallel logits [B, T, V_local] (any memory layout, e.g. Megatron's
     [S, B, V] transposed to [B, S, V]) for targets, old_logprobs, mask, ref_logprobs [B, T] and
-    advantages [B] or [B, T]; `global_tokens` / `global_seqs` as in `aggregate`; the other
-    arguments as in `logprobs_and_entropy`. Returns `GRPOResult`; the loss is differentiable
-    w.r.t. the logits only."""
+    advantages [B] or [B, T]; `global_tokens` / `global_seqs` / `micro_batches` as in `aggregate`;
+    the other arguments as in `logprobs_and_entropy`. Returns `GRPOResult`; the loss is
+    differentiable w.r.t. the logits only."""
     logp_BT, entropy_BT = logprobs_and_entropy(
         logits,
         targets,
@@ -86,7 +89,16 @@ def fused_grpo_loss(
         backend=backend,
     )
     return _apply_grpo_loss(
-        cfg, logp_BT, entropy_BT, old_logprobs, advantages, mask, ref_logprobs, global_tokens, global_seqs
+        cfg,
+        logp_BT,
+        entropy_BT,
+        old_logprobs,
+        advantages,
+        mask,
+        ref_logprobs,
+        global_tokens,
+        global_seqs,
+        micro_batches,
     )
 
 
@@ -104,6 +116,7 @@ def fused_linear_grpo_loss(
     tp_group: dist.ProcessGroup | None = None,
     global_tokens: int | float | None = None,
     global_seqs: int | None = None,
+    micro_batches: int = 1,
     ignore_index: int = -100,
     chunk_size: int | None = None,
     reduce_grad_hidden: bool = True,
@@ -127,5 +140,14 @@ def fused_linear_grpo_loss(
         backend=backend,
     )
     return _apply_grpo_loss(
-        cfg, logp_BT, entropy_BT, old_logprobs, advantages, mask, ref_logprobs, global_tokens, global_seqs
+        cfg,
+        logp_BT,
+        entropy_BT,
+        old_logprobs,
+        advantages,
+        mask,
+        ref_logprobs,
+        global_tokens,
+        global_seqs,
+        micro_batches,
     )

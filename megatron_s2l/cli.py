@@ -21,6 +21,10 @@ import yaml
 # name -> (module with add_arguments(parser) and run(args) -> int, one-line help)
 _COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("megatron_s2l.run.plot", "draw PNG curves of one run, or of several runs on shared axes"),
+    "compare": (
+        "megatron_s2l.run.compare",
+        "methods over seeds: final and mean held-out avg@k with t intervals, mean curves with bands",
+    ),
     "train": ("megatron_s2l.train_cli", "run S2L-PO (or GRPO) training from a YAML config, or resume a run"),
     "data": ("megatron_s2l.data.prepare_cli", "DAPO-Math-17k, AIME, CommonsenseQA files -> prompt parquet"),
     "eval": (
@@ -28,7 +32,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "pass@k, avg@n and maj@n of models on eval files (the paper's protocol)",
     ),
     "export": ("megatron_s2l.run.export", "a run checkpoint (RUN_DIR@STEP) as a Hugging Face checkpoint"),
-    "demo": ("megatron_s2l.demo.cli", "the CPU demo: build tiny models (cached), train S2L-PO, plot"),
+    "demo": ("megatron_s2l.demo.cli", "the CPU demo: tiny models (cached), S2L-PO vs baselines, over seeds"),
     "logprobs": ("megatron_s2l.learner.logprobs_cli", "per-token log-probs of token sequences at a TP x PP"),
     "serve": ("megatron_s2l.rollout.serve_cli", "start SGLang server(s) for a model (CPU stand-ins on CPU)"),
     "plan": (
@@ -48,6 +52,12 @@ def _add_schedule(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, required=True, help="training steps T")
     p.add_argument("--t-mix", type=int, required=True, help="mixing steps T_mix (0: no explorer)")
     p.add_argument("--group-size", type=int, required=True, help="samples per prompt G")
+    p.add_argument(
+        "--rounding",
+        choices=("exact", "ceil-both"),
+        default="exact",
+        help="exact: G_s = G - G_w (Algorithm 1); ceil-both: both counts rounded up (the released scripts)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=_run_schedule)
 
@@ -55,7 +65,7 @@ def _add_schedule(sub: argparse._SubParsersAction) -> None:
 def _run_schedule(args: argparse.Namespace) -> int:
     from megatron_s2l.algo import s2l_schedule
 
-    rows = s2l_schedule(args.steps, args.t_mix, args.group_size)
+    rows = s2l_schedule(args.steps, args.t_mix, args.group_size, args.rounding)
     if args.json:
         print(
             json.dumps(

@@ -10,13 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from megatron_s2l.algo import AlgoConfig, ScheduleConfig
+from megatron_s2l.algo.schedule import step_rollouts
 from megatron_s2l.configio import ConfigError, apply_overrides, build, read_yaml
 from megatron_s2l.data import DataConfig
 from megatron_s2l.eval.protocol import no_think_sampling
 from megatron_s2l.learner.learner import LearnerConfig
+from megatron_s2l.learner.micro_batches import fits_micro_batches
 from megatron_s2l.reward import RewardConfig
 from megatron_s2l.rollout.config import RolloutConfig
 from megatron_s2l.rollout.sampling_params import SamplingConfig
+from megatron_s2l.run.wandb_log import WandbConfig
 from megatron_s2l.sync.config import SyncConfig
 
 
@@ -64,6 +67,9 @@ class LoggingConfig:
     """Samples written per source (explorer, learner) and step to `samples/step_NNNNNN.jsonl` in the
     run directory (prompt and response text, reward, verdict, weight version), and per evaluation to
     `samples/eval_step_NNNNNN.jsonl` (one sample of each of the first N problems); 0 = off."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases: the metrics of `metrics.jsonl` and the resolved config (off by default;
+    `offline` keeps its files under the run directory)."""
 
     def __post_init__(self) -> None:
         if self.dump_samples < 0:
@@ -136,12 +142,26 @@ class S2LConfig:
         # With a token budget the micro-batches vary in rows: only the DP split must be even.
         fixed_rows = parallel.max_tokens_per_micro_batch is None
         per_step = dp * parallel.micro_batch_size if fixed_rows else dp
-        if rows % per_step:
+
+        def splits(rows: int) -> bool:
+            per_rank, uneven = divmod(rows, dp)
+            return not uneven and (not fixed_rows or fits_micro_batches(per_rank, parallel.micro_batch_size))
+
+        if not splits(rows):
             raise ValueError(
                 f"each optimizer update's {rows} sequences (algo.ppo_mini_batch_prompts or "
                 f"schedule.prompts_per_step, times group_size) must be divisible by data-parallel size"
                 + (f" * learner.parallel.micro_batch_size ({per_step})" if fixed_rows else f" ({dp})")
             )
+        self._validate_mixing_mode()
+        for part, rows in _batch_sizes(self.schedule, self.algo):
+            if not splits(rows):
+                raise ValueError(
+                    f"schedule.mode {self.schedule.mode}, schedule.rounding {self.schedule.rounding}: "
+                    f"a {part} rollout's batch or optimizer update of {rows} sequences is not divisible "
+                    f"by data-parallel size"
+                    + (f" * learner.parallel.micro_batch_size ({per_step})" if fixed_rows else f" ({dp})")
+                )
         never_saved = [
             s for s in self.checkpoint.keep_steps if not self.checkpoint.saves_at(s, self.schedule.steps)
         ]
@@ -156,6 +176,30 @@ class S2LConfig:
             raise ValueError(
                 f"algo.overlong_buffer ({self.algo.overlong_buffer}) exceeds max_new_tokens ({max_new})"
             )
+
+    def _validate_mixing_mode(self) -> None:
+        if self.schedule.mode == "alternating" and self.schedule.t_mix == 0:
+            raise ValueError(
+                "schedule.mode alternating needs schedule.t_mix > 0 (without an explorer every step "
+                "is a learner-only step: use schedule.mode combined)"
+            )
+        if self.algo.explorer_mini_batch == "samples" and self.schedule.mode != "alternating":
+            raise ValueError(
+                "algo.explorer_mini_batch samples applies to the explorer half-steps of schedule.mode "
+                "alternating; schedule.mode combined has none (use algo.explorer_mini_batch prompts)"
+            )
+
+
+def _batch_sizes(schedule: ScheduleConfig, algo: AlgoConfig) -> list[tuple[str, int]]:
+    """(part, rows) of every distinct rollout batch and optimizer update the run makes."""
+    sizes = set()
+    for step in range(1, schedule.steps + 1):
+        for rollout in step_rollouts(step, schedule):
+            group = rollout.g_explorer + rollout.g_learner
+            prompts = schedule.prompts_per_step
+            sizes.add((rollout.part, prompts * group))
+            sizes.add((rollout.part, algo.mini_batch_rows(rollout.part, prompts, group)))
+    return sorted(sizes)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> S2LConfig:

@@ -12,6 +12,18 @@ The cache is appended to, so a killed fill continues with the prompts not yet ca
 (`--skip-existing`); a run must then start after the fill is complete (a run checkpoint refuses a
 cache file that changed under it). Whether drawing from the cache equals live sampling:
 megatron_s2l/rollout/explorer_cache.py and docs/rollout.md.
+
+Responses are cached whole, up to `rollout.explorer_sampling.max_new_tokens` (the generation budget):
+a run with `rollout.explorer_train_max_new_tokens` below it cuts them when it trains on them, and
+with `reward.explorer_full_response` rewards the whole text. The S2L-PO authors' released explorer
+data, for instance (their verl/examples/run_small_model_sampling.sh): 32 samples per prompt at
+temperature 0.7, top_p 0.95, up to 30,000 new tokens, trained on the first 4,096:
+
+    .venv/bin/python tools/fill_explorer_cache.py --config yaml/paper/qwen3-8b-4b-s2l-released.yaml \
+        --samples-per-prompt 32
+
+(the explorer engines then need a context of at least the longest prompt + 30,000 tokens:
+`rollout.explorer.engine.context_length`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,15 @@ from megatron_s2l.algo.loss import (
     select_masked,
 )
 from megatron_s2l.algo.ppo import mean_over_updates, ppo_mini_batch_rows
-from megatron_s2l.algo.schedule import ScheduleConfig, ScheduleRow, s2l_alpha, s2l_schedule, s2l_split
+from megatron_s2l.algo.schedule import (
+    ScheduleConfig,
+    ScheduleRow,
+    StepRollout,
+    s2l_alpha,
+    s2l_schedule,
+    s2l_split,
+    step_rollouts,
+)
 
 __all__ = [
     "KL_ESTIMATORS",
@@ -25,6 +33,7 @@ __all__ = [
     "LossConfig",
     "ScheduleConfig",
     "ScheduleRow",
+    "StepRollout",
     "aggregate",
     "entropy_from_logits",
     "groups_with_signal",
@@ -40,4 +49,5 @@ __all__ = [
     "s2l_schedule",
     "s2l_split",
     "select_masked",
+    "step_rollouts",
 ]

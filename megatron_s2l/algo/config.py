@@ -9,6 +9,7 @@ from typing import Literal
 from megatron_s2l.algo.loss import LossConfig
 
 FilterMetric = Literal["acc", "reward"]
+MiniBatchUnit = Literal["prompts", "samples"]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -20,6 +21,12 @@ class AlgoConfig:
     ppo_mini_batch_prompts: int = 0
     """Prompts (whole groups) per optimizer update; 0 = the whole step in one update. The step's
     batch is cut into prompts_per_step / ppo_mini_batch_prompts updates (verl's ppo_mini_batch_size)."""
+    explorer_mini_batch: MiniBatchUnit = "prompts"
+    """What `ppo_mini_batch_prompts` counts in an explorer half-step of `schedule.mode: alternating`:
+    `prompts` (whole groups, as everywhere else) or `samples` (the released scripts, whose explorer
+    runs leave rollout.n unset: G_w times as many updates, each of ppo_mini_batch_prompts samples;
+    0 = prompts_per_step samples).
+    Only `prompts` is allowed with `schedule.mode: combined`."""
     ppo_epochs: int = 1
     """Passes over the step's mini-batches (in a new seeded order each pass)."""
     dynamic_sampling: bool = False
@@ -37,6 +44,10 @@ class AlgoConfig:
     def __post_init__(self) -> None:
         if self.ppo_mini_batch_prompts < 0:
             raise ValueError(f"ppo_mini_batch_prompts must be >= 0, got {self.ppo_mini_batch_prompts}")
+        if self.explorer_mini_batch not in ("prompts", "samples"):
+            raise ValueError(
+                f"explorer_mini_batch must be 'prompts' or 'samples', got {self.explorer_mini_batch!r}"
+            )
         if self.ppo_epochs < 1:
             raise ValueError(f"ppo_epochs must be >= 1, got {self.ppo_epochs}")
         if self.dynamic_sampling_metric not in ("acc", "reward"):
@@ -54,3 +65,19 @@ class AlgoConfig:
         """Optimizer updates one rollout step makes (mini-batches x epochs)."""
         prompts = self.ppo_mini_batch_prompts or prompts_per_step
         return prompts_per_step // prompts * self.ppo_epochs
+
+    def by_samples(self, part: str) -> bool:
+        """Whether the mini-batches of a rollout `part` ("combined", "explorer", "learner") count
+        samples rather than prompts."""
+        return part == "explorer" and self.explorer_mini_batch == "samples"
+
+    def mini_batch_rows(self, part: str, prompts: int, group_size: int) -> int:
+        """Rows (samples) per optimizer update of a rollout `part` with `prompts` groups of
+        `group_size`."""
+        if self.by_samples(part):
+            return self.ppo_mini_batch_prompts or prompts
+        return (self.ppo_mini_batch_prompts or prompts) * group_size
+
+    def updates_per_rollout(self, part: str, prompts: int, group_size: int) -> int:
+        """Optimizer updates of one rollout `part` (mini-batches x epochs)."""
+        return prompts * group_size // self.mini_batch_rows(part, prompts, group_size) * self.ppo_epochs

@@ -1,5 +1,5 @@
 """The GRPO objective as pure tensor functions: PPO-clip policy loss with clip-higher and dual clip,
-the four loss aggregation modes, KL penalty estimators and the entropy bonus (verl semantics).
+the loss aggregation modes, KL penalty estimators and the entropy bonus (verl semantics).
 
 Shapes: B sequences (rows) x T response positions; `mask_BT` is 1 on response tokens that count.
 """
@@ -11,7 +11,13 @@ from typing import Literal
 
 import torch
 
-LossAgg = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+LossAgg = Literal[
+    "token-mean",
+    "token-mean-micro-batch",
+    "seq-mean-token-sum",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum-norm",
+]
 KLEstimator = Literal["k1", "k2", "k3"]
 LOSS_AGG_MODES: tuple[str, ...] = LossAgg.__args__  # type: ignore[attr-defined]
 KL_ESTIMATORS: tuple[str, ...] = KLEstimator.__args__  # type: ignore[attr-defined]
@@ -29,7 +35,10 @@ class LossConfig:
     clip_c: float | None = None
     """Dual-clip bound (> 1) for negative advantages; None disables dual clip (verl uses 3.0)."""
     agg: LossAgg = "token-mean"
-    """How token losses become one number; token-mean is over all tokens of the global batch."""
+    """How token losses become one number; token-mean is over all tokens of the global batch;
+    token-mean-micro-batch is the mean over micro-batches (of every DP rank) of each micro-batch's own
+    token mean, as the verl of the S2L-PO authors' released runs trained (its result depends on how
+    the batch is cut into micro-batches: set `learner.parallel.micro_batch_size` as theirs)."""
     norm_len: int | None = None
     """Constant length for seq-mean-token-sum-norm (Dr.GRPO); None: the padded response length of
     each optimizer update's batch (its longest response; set max_new_tokens for verl's constant)."""
@@ -74,10 +83,18 @@ def aggregate(
     global_tokens: int | float | None = None,
     global_seqs: int | None = None,
     norm_len: int | None = None,
+    micro_batches: int = 1,
 ) -> torch.Tensor:
     """Reduce per-token losses to a scalar.
 
     - token-mean: sum over all tokens / number of tokens.
+    - token-mean-micro-batch: this batch's own token mean / `micro_batches` (the number of
+      micro-batches of the global batch, over all DP ranks): summed over them, the mean of the
+      micro-batches' token means. This is verl's `token-mean` before its global-batch normalisation
+      (verl/workers/actor/dp_actor.py `update_policy`: `agg_loss` per micro-batch, a masked mean with
+      a local token count, times `loss_scale_factor = 1 / gradient_accumulation`, gradients then
+      averaged over DP ranks), what the S2L-PO authors' released runs used. Longer micro-batches'
+      tokens weigh less than in token-mean. `global_tokens` does not apply.
     - seq-mean-token-sum: mean over sequences of the per-sequence token sum.
     - seq-mean-token-mean: mean over sequences of the per-sequence token mean.
     - seq-mean-token-sum-norm (Dr.GRPO): mean over sequences of token sum / norm_len, where
@@ -96,6 +113,10 @@ def aggregate(
     if agg == "token-mean":
         denom = tokens_B.sum().clamp(min=1) if global_tokens is None else global_tokens
         return masked_BT.sum() / denom
+    if agg == "token-mean-micro-batch":
+        if micro_batches < 1:
+            raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+        return masked_BT.sum() / tokens_B.sum().clamp(min=1) / micro_batches
     seq_sum_B = masked_BT.sum(dim=-1)
     if agg == "seq-mean-token-sum":
         seq_loss_B = seq_sum_B
@@ -120,6 +141,7 @@ def policy_loss(
     global_tokens: int | float | None = None,
     global_seqs: int | None = None,
     norm_len: int | None = None,
+    micro_batches: int = 1,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clip policy loss with clip-higher and dual clip, aggregated by `agg`.
 
@@ -147,7 +169,13 @@ def policy_loss(
         dual_BT = (adv_BT < 0) & (loss_BT > dual_bound_BT)
         loss_BT = torch.where(adv_BT < 0, torch.minimum(loss_BT, dual_bound_BT), loss_BT)
     loss = aggregate(
-        loss_BT, mask_BT, agg, global_tokens=global_tokens, global_seqs=global_seqs, norm_len=norm_len
+        loss_BT,
+        mask_BT,
+        agg,
+        global_tokens=global_tokens,
+        global_seqs=global_seqs,
+        norm_len=norm_len,
+        micro_batches=micro_batches,
     )
     with torch.no_grad():
         metrics = {
@@ -194,11 +222,18 @@ def grpo_loss(
     entropy: torch.Tensor | None = None,
     global_tokens: int | float | None = None,
     global_seqs: int | None = None,
+    micro_batches: int = 1,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The full GRPO objective: policy loss + kl_coef * KL - entropy_coef * entropy, each term
     aggregated the same way. `ref_logprobs` is required when kl_coef > 0, `entropy` when
-    entropy_coef > 0 (and logged whenever given)."""
-    agg_kwargs = dict(global_tokens=global_tokens, global_seqs=global_seqs, norm_len=cfg.norm_len)
+    entropy_coef > 0 (and logged whenever given). `global_tokens`, `global_seqs` and
+    `micro_batches` as in `aggregate`."""
+    agg_kwargs = dict(
+        global_tokens=global_tokens,
+        global_seqs=global_seqs,
+        norm_len=cfg.norm_len,
+        micro_batches=micro_batches,
+    )
     loss, metrics = policy_loss(
         logprobs,
         old_logprobs,

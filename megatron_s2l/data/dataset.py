@@ -28,7 +28,10 @@ class DataConfig:
     eval_files: list[str] = field(default_factory=list)
     """Evaluation prompt files in the same format (AIME, CommonsenseQA, ...)."""
     template: PromptTemplate = "chat"
-    """"chat": the tokenizer's chat template in Qwen3 no-think mode; "raw": message contents only."""
+    """"chat": the tokenizer's chat template in Qwen3 no-think mode (an empty think block pre-filled);
+    "chat-default": the chat template with its defaults (no think block; verl's training prompts, what
+    the S2L-PO authors trained with); "chat-no-think-suffix": " /no_think" ending the user turn (the
+    authors' evaluation); "raw": message contents only."""
     max_prompt_tokens: int = 2048
     """Prompts longer than this (in tokens, template included) are dropped at load, with a count."""
     dedup: bool = True

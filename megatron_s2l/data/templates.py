@@ -1,14 +1,28 @@
 """Prompt templates: DAPO's instruction around a raw problem, the S2L-PO authors' CommonsenseQA prompt,
 and chat messages -> prompt token ids.
 
-Three ways to turn messages into tokens:
+Four ways to turn messages into tokens:
 - "chat": the tokenizer's chat template with a generation prompt, in Qwen3's no-think mode
-  (`enable_thinking=False`, which templates without that switch ignore); the setting the S2L-PO paper
-  reports.
+  (`enable_thinking=False`, which templates without that switch ignore): Qwen3's template then
+  pre-fills an empty think block (`<|im_start|>assistant\n<think>\n\n</think>\n\n`). The paper
+  reports evaluating in no-think mode; this is our reading of it for training prompts, not what the
+  authors' released training scripts did (that is "chat-default").
+- "chat-default": the chat template with a generation prompt and no `enable_thinking` argument, the
+  template's own default: for Qwen3 the prompt ends `<|im_start|>assistant\n` (no pre-filled think
+  block). verl renders training prompts this way (`RLHFDataset.__getitem__` in
+  verl/utils/dataset/rl_dataset.py: `apply_chat_template(messages, add_generation_prompt=True,
+  tokenize=False, **apply_chat_template_kwargs)`, kwargs empty unless `data.apply_chat_template_kwargs`
+  is set, which examples/s2l-po/off2on_4b_8b_16_8.sh does not), so the authors' released training
+  runs (github.com/qishisuren123/S2L-PO at commit 9623386) saw these prompts, and
+  their offline explorer sampling wrote the same text by hand (`prepare_prompt` in
+  verl/examples/small_model_rollout2.py). The `yaml/paper/*-released.yaml` configs use it.
 - "chat-no-think-suffix": the chat template with " /no_think" appended to the last user message
   and no `enable_thinking` argument: the S2L-PO authors' evaluation scripts, token for token (the
   model then writes the empty think block itself). `s2l eval`'s default.
 - "raw": the message contents joined by a blank line, no markup, for base models without a template.
+
+Evaluation and training prompts differ on purpose: the authors trained on "chat-default" prompts
+(the model may open a think block or not) and evaluated with the " /no_think" soft switch.
 """
 
 from __future__ import annotations
@@ -19,7 +33,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-PromptTemplate = Literal["raw", "chat", "chat-no-think-suffix"]
+PromptTemplate = Literal["raw", "chat", "chat-default", "chat-no-think-suffix"]
 PROMPT_TEMPLATES: tuple[str, ...] = PromptTemplate.__args__  # type: ignore[attr-defined]
 
 NO_THINK_SUFFIX = " /no_think"
@@ -66,7 +80,7 @@ def render_prompt_text(
         return "\n\n".join(message["content"] for message in messages)
     if not tokenizer.chat_template:
         raise ValueError(
-            "data.template is 'chat' but the tokenizer has no chat template; use template 'raw' for a "
+            f"data.template is {template!r} but the tokenizer has no chat template; use template 'raw' for a "
             "base model without one"
         )
     if template == "chat-no-think-suffix":
@@ -77,6 +91,9 @@ def render_prompt_text(
             {**m, "content": m["content"] + NO_THINK_SUFFIX} if i == last_user else m
             for i, m in enumerate(messages)
         ]
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    if template == "chat-default":
+        # No enable_thinking argument: the template's default, as verl renders training prompts.
         return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
     return tokenizer.apply_chat_template(
         list(messages), tokenize=False, add_generation_prompt=True, enable_thinking=False

@@ -15,7 +15,11 @@ Loss normalisation: each micro-batch's GRPO loss is computed with the token (or 
 the whole global batch, so the sum over micro-batches and DP ranks is exactly the global-batch loss.
 Megatron's schedule divides every micro-batch loss by the number of micro-batches and DDP averages
 gradients over DP ranks, so the loss handed to the schedule is pre-multiplied by
-num_microbatches * dp: the resulting gradient equals that of one big batch.
+num_microbatches * dp: the resulting gradient equals that of one big batch. The one exception is
+`algo.loss.agg: token-mean-micro-batch` (verl's per-micro-batch token mean, as the S2L-PO authors'
+released runs trained): each micro-batch's own token mean is divided by num_microbatches * dp instead,
+so the same scaling gives the mean of the micro-batches' token means (micro-batches.py keeps the
+micro-batch count equal on every DP rank, so that mean weighs every micro-batch alike).
 """
 
 from __future__ import annotations
@@ -300,6 +304,7 @@ def train_step(
             entropy=entropy_BT,
             global_tokens=global_tokens,
             global_seqs=global_seqs,
+            micro_batches=scale,
         )
         return loss * scale, {"loss": loss.detach(), **metrics}
 

@@ -5,7 +5,7 @@ of the whole batch is mostly padding. Two plans, both with the same number of mi
 DP rank (Megatron's schedule and the loss scaling in `grpo_step` need that):
 
 - fixed size (`max_tokens=None`): DP rank d takes rows [d * B/dp, (d + 1) * B/dp) in
-  `micro_batch_size` chunks;
+  `micro_batch_size` chunks (one chunk when it has fewer rows);
 - token budget: the rows are dealt to the DP ranks longest first in snake order (each rank gets B/dp
   rows and about the same tokens), then each rank fills micro-batches first-fit, longest first, while
   rows x longest row (padded) or the sum of the rows (packed, `learner/packing.py`) <= `max_tokens`
@@ -13,12 +13,19 @@ DP rank (Megatron's schedule and the loss scaling in `grpo_step` need that):
   another splits its fullest ones.
 
 Either way each micro-batch is then trimmed to its own longest row (`TrainBatch.trim`). The loss
-is normalised over the global batch, never per micro-batch, so the plan changes no gradient.
+is normalised over the global batch, so the plan changes no gradient, except with
+`algo.loss.agg: token-mean-micro-batch`, which averages per micro-batch as the released S2L-PO runs did.
 """
 
 from __future__ import annotations
 
 import torch
+
+
+def fits_micro_batches(rows_per_rank: int, micro_batch_size: int) -> bool:
+    """Whether a rank's rows split into equal micro-batches: `micro_batch_size` rows each, or one
+    micro-batch of all of them when there are fewer (an update smaller than a micro-batch)."""
+    return rows_per_rank <= micro_batch_size or rows_per_rank % micro_batch_size == 0
 
 
 def plan_micro_batches(
@@ -32,12 +39,12 @@ def plan_micro_batches(
         raise ValueError(f"global batch of {num_rows} sequences is not divisible by data_parallel ({dp})")
     per_rank = num_rows // dp
     if max_tokens is None:
-        if per_rank % micro_batch_size:
+        if not fits_micro_batches(per_rank, micro_batch_size):
             raise ValueError(
                 f"global batch of {num_rows} sequences is not divisible by data_parallel ({dp}) * "
                 f"micro_batch_size ({micro_batch_size})"
             )
-        size = micro_batch_size
+        size = min(micro_batch_size, per_rank)
         return [
             [list(range(start, start + size)) for start in range(first, first + per_rank, size)]
             for first in range(0, num_rows, per_rank)

@@ -43,7 +43,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import cast
 
-from megatron_s2l.reward.sources import wrong_answer_score
+from megatron_s2l.reward.sources import check_data_source, wrong_answer_score
 from megatron_s2l.reward.worker import READY
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,18 @@ class RewardConfig:
     """A worker not started within this (imports of sympy and math-verify) is killed and started
     again; when no worker has started within it, the responses still waiting score as wrong
     answers (failed)."""
+    explorer_source: str | None = None
+    """Score explorer samples with the reward function of this data source instead of their prompt's
+    (learner samples keep their prompt's). `s2l_released_lenient` is the 1 / 0 check the S2L-PO
+    authors' released scripts scored their offline explorer samples with (released_lenient.py).
+    NOTE: in `schedule.mode: combined` a group mixes both sources' scores, so pick a function on the
+    same scale as the prompts' (DAPO's is +1 / -1, the lenient one 1 / 0); with pure groups
+    (`alternating`) the scale cancels in the advantage. None: every sample by its prompt's source."""
+    explorer_full_response: bool = False
+    """Score each explorer sample on its whole response, before it is cut to
+    `rollout.explorer_train_max_new_tokens` for training, as the released runs did (they generated up
+    to 30,000 tokens, trained on the first 4,096 and kept the full response's reward). Off: the reward
+    is that of the text trained on."""
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "startup_timeout_s"):
@@ -88,6 +100,11 @@ class RewardConfig:
             raise ValueError(
                 f"max_memory_mb must be >= 256 (a worker's imports need ~60), got {self.max_memory_mb}"
             )
+        if self.explorer_source is not None:
+            try:
+                check_data_source(self.explorer_source)
+            except ValueError as error:
+                raise ValueError(f"explorer_source: {error}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,12 @@ from megatron_s2l.reward.math_reward import (
     score_boxed_or_answer,
     score_dapo,
 )
+from megatron_s2l.reward.released_lenient import LENIENT_WRONG, score_released_lenient
 
 ScoreFn = Callable[[str, str], dict[str, float | bool | str]]
 
 # verl's routing (verl.utils.reward_score.default_compute_score) for the names it knows, except
-# aime*, plus ours (synthetic_arith, math_boxed, commonsense_qa).
+# aime*, plus ours (synthetic_arith, math_boxed, commonsense_qa, s2l_released_lenient).
 DAPO_SOURCES = ("math_dapo", "math", "math_dapo_reasoning", "synthetic_arith")
 AIME_SOURCE_PREFIX = "aime"
 """Every source whose name starts with this (aime24, aime_2025, ...) gets `score_boxed_or_answer`
@@ -31,6 +32,9 @@ BOXED_SOURCES = (
 )
 GSM8K_SOURCES = ("openai/gsm8k",)
 CHOICE_SOURCES = ("commonsense_qa",)
+RELEASED_LENIENT_SOURCE = "s2l_released_lenient"
+"""The S2L-PO authors' released explorer check (1 / 0, substring matching: released_lenient.py); no
+data set carries this name: `reward.explorer_source` selects it for explorer samples."""
 
 
 def _route(data_source: str) -> tuple[ScoreFn, float]:
@@ -45,7 +49,11 @@ def _route(data_source: str) -> tuple[ScoreFn, float]:
         return score_gsm8k, GSM8K_WRONG
     if data_source in CHOICE_SOURCES:
         return score_choice, CHOICE_WRONG
-    known = ", ".join(DAPO_SOURCES + BOXED_SOURCES + GSM8K_SOURCES + CHOICE_SOURCES)
+    if data_source == RELEASED_LENIENT_SOURCE:
+        return score_released_lenient, LENIENT_WRONG
+    known = ", ".join(
+        DAPO_SOURCES + BOXED_SOURCES + GSM8K_SOURCES + CHOICE_SOURCES + (RELEASED_LENIENT_SOURCE,)
+    )
     raise ValueError(
         f"unknown data source {data_source!r}: known sources are {known}, "
         f"and any name starting with {AIME_SOURCE_PREFIX!r}"

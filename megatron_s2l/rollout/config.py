@@ -203,6 +203,20 @@ class RolloutConfig:
     """Batching, concurrency, time-outs and retries of requests to either pool."""
     explorer_cache_path: str | None = None
     """JSONL of pre-generated explorer samples (tools/fill_explorer_cache.py); None samples live."""
+    explorer_cache_draw: Literal["once", "per-use"] = "once"
+    """How a use of a prompt takes its k explorer samples from the n cached for it. `once`: each
+    cached sample serves at most once in the run (a prompt's draws never repeat a sample, so the
+    cache stands for live sampling; it must hold every sample the run will use). `per-use`: every use
+    draws k of the n afresh (distinct within the use, independent across uses, so samples recur), as
+    the S2L-PO authors' released runs did (`random.sample` of k per prompt in their
+    verl/utils/dataset/offline_rollout_dataset.py); the cache must then hold at least
+    `schedule.group_size` samples of every prompt, checked when it loads."""
+    explorer_train_max_new_tokens: int | None = None
+    """Cut explorer responses to this many tokens for training (a cut response counts as finished by
+    `length`); `explorer_sampling.max_new_tokens` is then the generation budget, live and in
+    tools/fill_explorer_cache.py, and may be larger. The released runs generated up to 30,000 tokens
+    and trained on 4,096 (`reward.explorer_full_response` scores the uncut text, as they did).
+    None: no cut (the explorer's samples are trained on as generated)."""
     prefetch_explorer: bool = True
     """Generate the next step's explorer samples while this step trains and syncs (the explorer is
     frozen: same samples, same seeds, at most one step ahead)."""
@@ -217,6 +231,20 @@ class RolloutConfig:
     `explorer.external_urls`). GPU only; needs `sync.transport` tensor or disk."""
 
     def __post_init__(self) -> None:
+        limit, budget = self.explorer_train_max_new_tokens, self.explorer_sampling.max_new_tokens
+        if limit is not None and limit < 1:
+            raise ValueError(f"explorer_train_max_new_tokens must be >= 1 or null, got {limit}")
+        if limit is not None and budget < limit:
+            raise ValueError(
+                f"explorer_sampling.max_new_tokens ({budget}) is the explorer's generation budget and is "
+                f"smaller than explorer_train_max_new_tokens ({limit}), the length explorer responses "
+                "are cut to for training: raise the budget (the released runs generated 30,000) or "
+                "lower the cut"
+            )
+        if self.explorer_cache_draw not in ("once", "per-use"):
+            raise ValueError(
+                f"explorer_cache_draw must be 'once' or 'per-use', got {self.explorer_cache_draw!r}"
+            )
         if self.colocate and self.learner.external_urls:
             raise ValueError(
                 "colocate: the learner engines must be started here, on the learner's GPUs; "

@@ -172,7 +172,7 @@ class RolloutEngines:
         learner = RolloutClient(self.learner, "learner", client_config)
         cache = None
         if self.config.explorer_cache_path is not None:
-            cache = ExplorerCache(self.config.explorer_cache_path, seed=seed or 0)
+            cache = ExplorerCache.for_run(self.config, seed=seed or 0, group_size=group_size)
         return S2LGroupSampler(
             explorer,
             learner,

@@ -58,10 +58,17 @@ class S2LGroupSampler:
         self.seed = seed
         """Run seed of per-sample sampling seeds (None: unseeded sampling)."""
 
-    async def sample(self, prompts: list[Prompt], step: int, sampling_round: int = 0) -> RolloutBatch:
+    async def sample(
+        self,
+        prompts: list[Prompt],
+        step: int,
+        sampling_round: int = 0,
+        counts: tuple[int, int] | None = None,
+    ) -> RolloutBatch:
         """Complete groups for `prompts` at `step` (`sampling_round`: the dynamic-sampling round of
-        the step, which the sampling seeds include)."""
-        g_explorer, g_learner = s2l_split(step, self.t_mix, self.group_size)
+        the step, which the sampling seeds include). `counts`: (G_w, G_s) per prompt, e.g. one
+        half-step of `schedule.mode: alternating`; by default Algorithm 1's split of the step."""
+        g_explorer, g_learner = counts or s2l_split(step, self.t_mix, self.group_size)
         learner_stats_before = self.learner.stats.resent_batches
         explorer_task = self._explorer_samples(prompts, g_explorer, step, sampling_round)
         learner_requests = self._requests(prompts, g_learner, "learner", step, sampling_round)
@@ -85,12 +92,13 @@ class S2LGroupSampler:
             step=step, g_explorer=g_explorer, g_learner=g_learner, groups=groups, metrics=metrics
         )
 
-    def prefetch_explorer(self, prompts: list[Prompt], step: int) -> None:
+    def prefetch_explorer(self, prompts: list[Prompt], step: int, count: int | None = None) -> None:
         """Start generating the explorer samples of `step`'s first sampling round for `prompts` now,
         on the explorer's loop, so that `sample(prompts, step)` finds them (or waits for the rest).
         The same requests and seeds as without prefetch: the samples do not depend on when they are
-        made (the explorer is frozen). A no-op without a live explorer or explorer samples at `step`."""
-        count = s2l_split(step, self.t_mix, self.group_size)[0]
+        made (the explorer is frozen). A no-op without a live explorer or explorer samples at `step`.
+        `count`: G_w per prompt, by default Algorithm 1's."""
+        count = s2l_split(step, self.t_mix, self.group_size)[0] if count is None else count
         if self.explorer is None or count == 0:
             return
         self._drop_prefetch()

@@ -2,6 +2,8 @@
 
     checkpoints/step_000008/learner/...   Learner.save (model, optimizer, scheduler, step)
     checkpoints/step_000008/loop.pt       step, data order position, RNG states
+    checkpoints/step_000009_explorer/...  after the explorer half-step of step 9 (schedule.mode
+                                          alternating): loop.pt has step 8 and `explorer_half`
     checkpoints/latest                    the name of the last complete checkpoint
 
 (`checkpoints/` is `RunDir.checkpoints`.)
@@ -27,31 +29,51 @@ from megatron_s2l.learner.checkpoint import CheckpointError, load_state_file
 from megatron_s2l.learner.parallel import any_rank
 
 LATEST = "latest"
-_STEP_NAME = re.compile(r"step_[0-9]{6,}")
+_STEP_NAME = re.compile(r"step_([0-9]{6,})(_explorer)?")
+_EXPLORER_HALF = "_explorer"
 logger = logging.getLogger(__name__)
 
 
-def checkpoint_dir(checkpoints: Path, step: int) -> Path:
-    return checkpoints / f"step_{step:06d}"
+def checkpoint_dir(checkpoints: Path, step: int, explorer_half: bool = False) -> Path:
+    """`step`'s checkpoint, or (`explorer_half`) the one between its two half-steps."""
+    return checkpoints / (f"step_{step:06d}" + (_EXPLORER_HALF if explorer_half else ""))
+
+
+def checkpoint_progress(directory: Path) -> tuple[int, int]:
+    """How far the run had got: (step, 0) after step's explorer half-step, (step, 1) after the
+    whole step (an order: step_000009_explorer comes after step_000008, before step_000009)."""
+    match = _STEP_NAME.fullmatch(directory.name)
+    if match is None:
+        raise ValueError(f"{directory}: not a step_NNNNNN checkpoint directory")
+    return int(match.group(1)), 0 if match.group(2) else 1
+
+
+def completed_step(directory: Path) -> int:
+    """The last step a checkpoint holds complete (the step before a half-step checkpoint's)."""
+    step, whole = checkpoint_progress(directory)
+    return step - 1 + whole
 
 
 def checkpoints_to_prune(checkpoints: Path, keep_last: int, keep_steps: Collection[int] = ()) -> list[Path]:
     """The step directories to delete: all but the newest `keep_last` complete checkpoints (with
     `loop.pt`; ordered by step number, not name: step_1000000 is newer than step_999999) and those
     of `keep_steps`. A partial one (a save that failed) does not count as kept and goes too. Nothing
-    when `keep_last` is 0 (keep all). Only `step_NNNNNN` directories are considered."""
-    if keep_last == 0:
-        return []
+    when `keep_last` is 0 (keep all). A half-step checkpoint (`step_NNNNNN_explorer`) is kept only
+    while it is the newest complete one, and does not count in `keep_last`. Only these directories
+    are considered."""
     saved = sorted(
-        (p for p in checkpoints.iterdir() if p.is_dir() and _STEP_NAME.fullmatch(p.name)), key=_step_of
+        (p for p in checkpoints.iterdir() if p.is_dir() and _STEP_NAME.fullmatch(p.name)),
+        key=checkpoint_progress,
     )
-    newest = [p for p in saved if (p / "loop.pt").is_file()][-keep_last:]
-    keep = set(keep_steps)
-    return [p for p in saved if p not in newest and _step_of(p) not in keep]
-
-
-def _step_of(directory: Path) -> int:
-    return int(directory.name.removeprefix("step_"))
+    complete = [p for p in saved if (p / "loop.pt").is_file()]
+    whole = [p for p in saved if checkpoint_progress(p)[1]]
+    keep = set(complete[-1:])
+    if keep_last == 0:
+        keep.update(whole)
+    else:
+        keep.update([p for p in complete if p in whole][-keep_last:])
+        keep.update(p for p in whole if checkpoint_progress(p)[0] in set(keep_steps))
+    return [p for p in saved if p not in keep]
 
 
 def save_run_checkpoint(
@@ -61,15 +83,18 @@ def save_run_checkpoint(
     loop_state: dict[str, Any] | None,
     keep_last: int,
     keep_steps: Collection[int] = (),
+    *,
+    explorer_half: bool = False,
 ) -> Path:
     """Collective: every learner rank saves its learner shard; rank 0 adds the loop state and
     publishes the checkpoint as `latest`, then prunes all but the last `keep_last` (0: none) and
-    those of `keep_steps` (config.CheckpointConfig)."""
-    directory = checkpoint_dir(checkpoints, step)
+    those of `keep_steps` (config.CheckpointConfig). `explorer_half`: saved between the two
+    half-steps of `step` (loop.pt's `step` is then the step before, the last one complete)."""
+    directory = checkpoint_dir(checkpoints, step, explorer_half)
     learner.save(directory / "learner")
     if dist.get_rank() == 0:
         tmp = directory / "loop.pt.tmp"
-        torch.save({"step": step, **(loop_state or {})}, tmp)
+        torch.save({"step": step - 1 if explorer_half else step, **(loop_state or {})}, tmp)
         os.replace(tmp, directory / "loop.pt")
         pointer = checkpoints / (LATEST + ".tmp")
         pointer.write_text(directory.name)
@@ -116,12 +141,22 @@ def load_latest_run_checkpoint(checkpoints: Path, learner) -> dict[str, Any] | N
     if latest is None:
         return None
     older = sorted(
-        (p for p in checkpoints.glob("step_*") if p.is_dir() and p.name < latest.name), reverse=True
+        (
+            p
+            for p in checkpoints.glob("step_*")
+            if p.is_dir()
+            and _STEP_NAME.fullmatch(p.name)
+            and checkpoint_progress(p) < checkpoint_progress(latest)
+        ),
+        key=checkpoint_progress,
+        reverse=True,
     )
     failures = []
     for directory in [latest, *older]:
         try:
-            return load_run_checkpoint(directory, learner)
+            loop = load_run_checkpoint(directory, learner)
+            logger.info("resuming from %s (after step %d)", directory, loop["step"])
+            return loop
         except CheckpointError as error:
             logger.error("skipping checkpoint %s: %s", directory, error)
             failures.append(str(error))

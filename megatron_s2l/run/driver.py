@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 
-from megatron_s2l.algo import s2l_split
+from megatron_s2l.algo import StepRollout, step_rollouts
 from megatron_s2l.archs import load_arch
 from megatron_s2l.config import S2LConfig
+from megatron_s2l.configio import to_dict
 from megatron_s2l.data import PromptRecord, PromptSampler, load_prompt_dataset, prompt_id
 from megatron_s2l.eval.protocol import cap_to_context
 from megatron_s2l.eval.score import sample_and_score, summarize
@@ -69,7 +70,14 @@ class Driver:
         self.sampler = self.engines.build_sampler(
             t_mix=cfg.schedule.t_mix, group_size=cfg.schedule.group_size, seed=cfg.seed
         )
-        self.logger = RunLogger(run, tensorboard=cfg.logging.tensorboard, total_steps=cfg.schedule.steps)
+        self.logger = RunLogger(
+            run,
+            tensorboard=cfg.logging.tensorboard,
+            total_steps=cfg.schedule.steps,
+            wandb=cfg.logging.wandb,
+            config=to_dict(cfg),
+            run_name=cfg.name,
+        )
         self._ahead: tuple[list[int], dict[str, int]] | None = None
         """The next step's prompts, drawn early for the explorer prefetch, and the prompt sampler's
         state before that draw (what a checkpoint saves: a resumed run draws them again)."""
@@ -104,10 +112,23 @@ class Driver:
             f"per step: {sched.prompts_per_step} prompts x G {sched.group_size} = {samples} samples; "
             f"{algo.updates_per_step(sched.prompts_per_step)} optimizer updates of {per_update} samples "
             f"({micro_batching} per DP rank each)",
-            f"schedule: {sched.steps} steps, explorer share annealed over T_mix = {sched.t_mix}; "
+            f"schedule: {sched.steps} steps, explorer share annealed over T_mix = {sched.t_mix} "
+            f"({sched.mode} mixing steps, {sched.rounding} rounding); "
             f"{len(self.train_set)} training prompts ({len(self.train_set) / sched.prompts_per_step:.1f} "
             "steps per epoch)",
         ]
+        if sched.mode == "alternating":
+            updates = [
+                algo.updates_per_rollout(r.part, sched.prompts_per_step, r.g_explorer + r.g_learner)
+                for step in range(1, sched.steps + 1)
+                for r in step_rollouts(step, sched)
+                if r.part == "explorer"
+            ]
+            lines.append(
+                f"explorer half-steps: mini-batches of {algo.ppo_mini_batch_prompts or 'all'} "
+                f"{algo.explorer_mini_batch}; {updates[0] if updates else 0} optimizer updates at step 1, "
+                f"{sum(updates)} over the run"
+            )
         for name, seconds in self.engines.startup_seconds.items():
             pool = getattr(self.engines, name)
             started = ", ".join(f"{url} ({t:.0f} s)" for url, t in zip(pool.urls, seconds, strict=True))
@@ -119,10 +140,13 @@ class Driver:
         record = self.train_set[index]
         return Prompt(prompt_id("train", index), self.train_set.prompt_ids[index]), record
 
-    def collect(self, step: int) -> tuple[Experience, dict[str, float]]:
-        """Sample complete S2L groups for the step's prompts, score them, compute advantages. With
-        dynamic sampling, keep drawing prompts until the batch holds enough informative groups."""
+    def collect(self, rollout: StepRollout) -> tuple[Experience, dict[str, float]]:
+        """Sample `rollout`'s groups (G_w explorer and G_s learner samples per prompt: a combined
+        step, or one source alone in a half-step) for the next batch of prompts, score them, compute
+        advantages. With dynamic sampling, keep drawing prompts until the batch holds enough
+        informative groups."""
         started = time.perf_counter()
+        step, counts = rollout.step, (rollout.g_explorer, rollout.g_learner)
         algo, want = self.cfg.algo, self.cfg.schedule.prompts_per_step
         max_new = self.cfg.rollout.learner_sampling.max_new_tokens
         scored = None
@@ -130,12 +154,20 @@ class Driver:
         rounds, reward_seconds = 0, 0.0
         while True:
             prompts = [self._prompt(i) for i in self._next_batch()]
-            rollout = self.engines.run(self.sampler.sample([p for p, _ in prompts], step, rounds))
+            batch = self.engines.run(self.sampler.sample([p for p, _ in prompts], step, rounds, counts))
             rounds += 1
-            round_metrics.append(rollout.metrics)
+            round_metrics.append(batch.metrics)
             records = {p.prompt_id: r for p, r in prompts}
             reward_started = time.perf_counter()
-            new = score_groups(rollout.groups, records, self.tokenizer, self.scorer, algo, max_new)
+            new = score_groups(
+                batch.groups,
+                records,
+                self.tokenizer,
+                self.scorer,
+                algo,
+                max_new,
+                explorer_train_max_new_tokens=self.cfg.rollout.explorer_train_max_new_tokens,
+            )
             reward_seconds += time.perf_counter() - reward_started
             if algo.dynamic_sampling:
                 new = keep_groups_with_signal(new, algo.dynamic_sampling_metric)
@@ -169,7 +201,7 @@ class Driver:
             "time/rollout": elapsed,
             "time/reward": reward_seconds,
         }
-        self._prefetch_explorer(step + 1)
+        self._prefetch_explorer(self._rollout_after(rollout))
         return experience, metrics
 
     def _next_batch(self) -> list[int]:
@@ -178,20 +210,28 @@ class Driver:
             return indices
         return next(self._batches)
 
-    def _prefetch_explorer(self, step: int) -> None:
-        """Draw `step`'s prompts now and start their explorer samples, to be generated while the
+    def _rollout_after(self, rollout: StepRollout) -> StepRollout | None:
+        """The run's next rollout (the learner half-step after an explorer one, else the next step's
+        first), None after the last."""
+        rollouts = step_rollouts(rollout.step, self.cfg.schedule)
+        later = rollouts[rollouts.index(rollout) + 1 :]
+        if later:
+            return later[0]
+        step = rollout.step + 1
+        return step_rollouts(step, self.cfg.schedule)[0] if step <= self.cfg.schedule.steps else None
+
+    def _prefetch_explorer(self, rollout: StepRollout | None) -> None:
+        """Draw `rollout`'s prompts now and start their explorer samples, to be generated while the
         trainer trains and syncs (rollout.prefetch_explorer)."""
-        mixing = s2l_split(step, self.cfg.schedule.t_mix, self.cfg.schedule.group_size)[0] > 0
         live_explorer = self.sampler.explorer is not None
-        if (
-            not (self.cfg.rollout.prefetch_explorer and live_explorer and mixing)
-            or step > self.cfg.schedule.steps
-        ):
+        if not (self.cfg.rollout.prefetch_explorer and live_explorer and rollout and rollout.g_explorer):
             return
         state = self.prompts.state_dict()
         indices = next(self._batches)
         self._ahead = (indices, state)
-        self.sampler.prefetch_explorer([self._prompt(i)[0] for i in indices], step)
+        self.sampler.prefetch_explorer(
+            [self._prompt(i)[0] for i in indices], rollout.step, rollout.g_explorer
+        )
 
     def evaluate(self, step: int) -> dict[str, float]:
         """avg@k and pass@k on the held-out prompts, sampled from the learner engines (seeded) with

@@ -3,15 +3,17 @@
     scored = score_groups(rollout_batch.groups, prompts_by_id, tokenizer, scorer, algo, max_new_tokens)
     scored = keep_groups_with_signal(scored, "acc")  # DAPO dynamic sampling, when enabled
     experience = build_experience(scored, algo, pad_id)
-    experience.batch        # TrainBatch for the learner (advantages over each COMBINED group)
+    experience.batch        # TrainBatch for the learner (advantages over each group as sampled)
     experience.metrics      # rewards, accuracy and lengths by source, advantage statistics
 
-The advantage of every sample is relative to its whole group of G (explorer + learner samples), as
-S2L-PO's Algorithm 1 requires; the explorer's samples are trained on like the learner's own.
+The advantage of every sample is relative to its whole group (explorer + learner samples in
+Algorithm 1's combined groups; one source's alone in a half-step of `schedule.mode: alternating`);
+the explorer's samples are trained on like the learner's own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,6 +52,19 @@ class ScoredGroups:
     """Responses whose scoring failed: the reward function raised or its worker died (scored as wrong)."""
 
 
+def cut_response(record: RolloutRecord, max_tokens: int) -> RolloutRecord:
+    """`record` with its response cut to `max_tokens` tokens (then finished by `length`); unchanged
+    when it is no longer."""
+    if len(record.response_ids) <= max_tokens:
+        return record
+    return dataclasses.replace(
+        record,
+        response_ids=record.response_ids[:max_tokens],
+        logprobs=record.logprobs[:max_tokens],
+        finish_reason="length",
+    )
+
+
 def score_groups(
     groups: Sequence[RolloutGroup],
     prompts: dict[str, PromptRecord],
@@ -57,13 +72,43 @@ def score_groups(
     scorer: RewardScorer,
     algo: AlgoConfig,
     max_new_tokens: int,
+    *,
+    explorer_train_max_new_tokens: int | None = None,
 ) -> ScoredGroups:
     """Reward every sample (decoded response text vs the prompt's ground truth), plus DAPO overlong
-    shaping when `algo.overlong_buffer` > 0."""
+    shaping when `algo.overlong_buffer` > 0.
+
+    Explorer samples: cut to `explorer_train_max_new_tokens` (None: kept whole) in the groups
+    returned, which are what is trained on; scored on the whole response when
+    `scorer.cfg.explorer_full_response`, else on the cut one; scored by the reward function of
+    `scorer.cfg.explorer_source` when set, else by their prompt's data source."""
+    reward_cfg = scorer.cfg
+    whole = [r for g in groups for r in g.records]
+    if explorer_train_max_new_tokens is not None:
+        groups = [
+            RolloutGroup(
+                g.prompt_id,
+                [
+                    cut_response(r, explorer_train_max_new_tokens) if r.source == "explorer" else r
+                    for r in g.records
+                ],
+            )
+            for g in groups
+        ]
     records = [r for g in groups for r in g.records]
-    texts = tokenizer.batch_decode([r.response_ids for r in records], skip_special_tokens=True)
+    scored_records = [
+        w if r.source == "explorer" and reward_cfg.explorer_full_response else r
+        for w, r in zip(whole, records, strict=True)
+    ]
+    texts = tokenizer.batch_decode([r.response_ids for r in scored_records], skip_special_tokens=True)
+
+    def source_of(record: RolloutRecord) -> str:
+        if record.source == "explorer" and reward_cfg.explorer_source is not None:
+            return reward_cfg.explorer_source
+        return prompts[record.prompt_id].data_source
+
     items = [
-        (prompts[r.prompt_id].data_source, text, prompts[r.prompt_id].ground_truth)
+        (source_of(r), text, prompts[r.prompt_id].ground_truth)
         for r, text in zip(records, texts, strict=True)
     ]
     results = scorer.score(items)
@@ -133,6 +178,9 @@ def _metrics(
             metrics[f"acc/{source}"] = correct[rows].float().mean().item()
             metrics[f"response_len/{source}"] = lengths[rows].mean().item()
             metrics[f"rollout/tokens_{source}"] = lengths[rows].sum().item()
+            # About 0 for a source alone in its groups (alternating half-steps); in combined groups,
+            # how much better than its group's mean each source did.
+            metrics[f"adv/{source}_mean"] = advantages[rows].mean().item()
     return metrics
 
 

@@ -1,5 +1,6 @@
-"""Per-step metrics: `metrics.jsonl` (one JSON object per step), TensorBoard events, and a one-line
-progress display per step instead of a wall of logs."""
+"""Per-step metrics: `metrics.jsonl` (one JSON object per step), TensorBoard events, optionally
+Weights & Biases (`logging.wandb`: wandb_log.py), and a one-line progress display per step instead
+of a wall of logs."""
 
 from __future__ import annotations
 
@@ -11,13 +12,25 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from megatron_s2l.run.rundir import RunDir
+from megatron_s2l.run.wandb_log import WandbConfig, WandbMirror
 
 
 class RunLogger:
     """Appends metrics to the run's `metrics.jsonl` (flushed every step, so a killed run keeps all
-    completed steps) and mirrors scalars to TensorBoard."""
+    completed steps) and mirrors scalars to TensorBoard and, with `wandb` on, to Weights & Biases
+    (which also gets `config`, the resolved run config, and `run_name`)."""
 
-    def __init__(self, run: RunDir, *, tensorboard: bool = True, total_steps: int, out: TextIO = sys.stdout):
+    def __init__(
+        self,
+        run: RunDir,
+        *,
+        tensorboard: bool = True,
+        total_steps: int,
+        out: TextIO = sys.stdout,
+        wandb: WandbConfig | None = None,
+        config: dict[str, Any] | None = None,
+        run_name: str = "",
+    ):
         run.root.mkdir(parents=True, exist_ok=True)
         self.path = run.metrics_file
         self.total_steps = total_steps
@@ -28,6 +41,9 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(run.tensorboard))
+        self._wandb = None
+        if wandb is not None and wandb.mode != "off":
+            self._wandb = WandbMirror(wandb, run_root=run.root, run_name=run_name, config=config or {})
 
     def keep_steps_through(self, step: int) -> None:
         """Drop the records of every step after `step` (a resumed run re-runs them; -1 drops all),
@@ -48,12 +64,16 @@ class RunLogger:
                 if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
                     self._tb.add_scalar(key, value, step)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(step, metrics)
         print(progress_line(step, self.total_steps, metrics), file=self.out, flush=True)
 
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.close()
 
 
 def _fmt(metrics: dict[str, Any], key: str, spec: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from megatron_s2l.config import S2LConfig
+from megatron_s2l.run.wandb_log import wandb_problems
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 """A Hugging Face checkpoint has its tokenizer when it has one of these (fast, sentencepiece, BPE)."""
@@ -38,7 +39,8 @@ def model_problems(key: str, path: str) -> list[str]:
 def check_paths(cfg: S2LConfig) -> list[str]:
     """Every problem with the models and prompt files `cfg` reads (all of them, not only the first):
     each model directory has config.json, a tokenizer and safetensors weights; each prompt file
-    exists. The explorer counts only when the run mixes (schedule.t_mix > 0)."""
+    exists; the explorer cache file exists; the `wandb` package is there when logging.wandb is on.
+    The explorer and its cache count only when the run mixes (schedule.t_mix > 0)."""
     problems = model_problems("model.learner", cfg.model.learner)
     if cfg.schedule.t_mix > 0:
         problems += model_problems("model.explorer", cfg.model.explorer)
@@ -48,4 +50,9 @@ def check_paths(cfg: S2LConfig) -> list[str]:
         for i, path in enumerate(getattr(cfg.data, key)):
             if not Path(path).is_file():
                 problems.append(f"data.{key}[{i}]: {path!r} does not exist")
-    return problems
+    cache = cfg.rollout.explorer_cache_path
+    if cfg.schedule.t_mix > 0 and cache is not None and not Path(cache).is_file():
+        problems.append(
+            f"rollout.explorer_cache_path: {cache!r} does not exist (fill it: tools/fill_explorer_cache.py)"
+        )
+    return problems + wandb_problems(cfg.logging.wandb)

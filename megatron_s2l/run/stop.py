@@ -20,7 +20,7 @@ from types import FrameType
 
 import torch.distributed as dist
 
-from megatron_s2l.run.checkpoint import latest_checkpoint
+from megatron_s2l.run.checkpoint import completed_step, latest_checkpoint
 from megatron_s2l.run.rundir import RunDir
 
 STOPPED_EXIT_CODE = 75
@@ -87,5 +87,5 @@ def stopped_at(run: RunDir, steps: int) -> int | None:
         return None
     if latest is None:
         return None
-    step = int(latest.name.removeprefix("step_"))
+    step = completed_step(latest)
     return step if step < steps else None

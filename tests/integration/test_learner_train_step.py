@@ -1,7 +1,7 @@
 """One GRPO train step at TP=2, PP=2, DP=2 (distributed optimizer) and TP=2 x PP=2 (4 ranks) gives
 the same metrics and updated weights as TP=1/PP=1/DP=1 on the same global batch, for token-mean and
-(at DP=2) seq-mean-token-mean aggregation. Gloo ranks, tied-embedding tiny Qwen3, so PP=2 also
-exercises the embedding-gradient reduction between the stages. Needs 0 GPUs.
+(at DP=2) seq-mean-token-mean and token-mean-micro-batch aggregation. Gloo ranks, tied-embedding
+tiny Qwen3, so PP=2 also exercises the embedding-gradient reduction between the stages. Needs 0 GPUs.
 
     .venv/bin/pytest tests/integration/test_learner_train_step.py
 """
@@ -24,6 +24,10 @@ LAYOUTS = {
     "tp2-pp2": (2, 2, 4, False, 1, "token-mean"),
     "reference-seq-mean-token-mean": (1, 1, 1, False, 1, "seq-mean-token-mean"),
     "dp2-seq-mean-token-mean": (1, 1, 2, False, 1, "seq-mean-token-mean"),
+    # verl's per-micro-batch token mean: the same micro-batches of 2 rows ([0, 1], [2, 3]) as two
+    # micro-batches of one rank, or one on each of two DP ranks, must give the same step.
+    "reference-token-mean-micro-batch": (1, 1, 1, False, 2, "token-mean-micro-batch"),
+    "dp2-token-mean-micro-batch": (1, 1, 2, False, 2, "token-mean-micro-batch"),
 }
 
 
@@ -103,6 +107,7 @@ def test_reference_step_changes_weights(results, tiny_qwen3_dirs) -> None:
     assert metrics["kl"] > 0 and metrics["entropy"] > 0 and metrics["skipped"] == 0
     # Unequal response lengths: the two aggregations give different losses, so both are tested.
     assert abs(results["reference-seq-mean-token-mean"][0]["loss"] - metrics["loss"]) > 1e-3
+    assert abs(results["reference-token-mean-micro-batch"][0]["loss"] - metrics["loss"]) > 1e-3
 
 
 @pytest.mark.parametrize("name", [n for n in LAYOUTS if not n.startswith("reference")])

@@ -1,6 +1,7 @@
 """The `s2l` console script as a user runs it."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,21 @@ def test_schedule_json() -> None:
         (6, 0, 9),
     ]
     assert rows[1]["alpha"] == 2 / 3 and set(rows[0]) == {"step", "alpha", "g_explorer", "g_learner"}
+
+
+def test_schedule_rounding_ceil_both_as_the_released_8b_run() -> None:
+    """The released 8B run (T = 16, T_mix = 8, G = 16) rounds both counts up: steps 2-7 carry 17
+    samples per prompt; alpha = 1 - (t - 1) / (T_mix - 1)."""
+    args = ("schedule", "--steps", "16", "--t-mix", "8", "--group-size", "16", "--json")
+    rows = json.loads(s2l(*args, "--rounding", "ceil-both").stdout)
+    hand = [
+        (math.ceil((1 - (t - 1) / 7) * 16 - 1e-9), math.ceil((t - 1) / 7 * 16 - 1e-9)) for t in range(1, 9)
+    ]
+    assert [(r["g_explorer"], r["g_learner"]) for r in rows[:8]] == hand
+    assert [r["g_explorer"] + r["g_learner"] for r in rows] == [16] + [17] * 6 + [16] * 9
+    exact = json.loads(s2l(*args).stdout)
+    assert all(r["g_explorer"] + r["g_learner"] == 16 for r in exact)
+    assert s2l(*args, "--rounding", "floor").returncode == 2
 
 
 def test_schedule_table_and_t_mix_beyond_run() -> None:

@@ -110,6 +110,31 @@ def test_overrides_and_base_overlay(tmp_path: Path) -> None:
             r"each optimizer update's 3 sequences .* divisible by data-parallel size \* "
             r"learner\.parallel\.micro_batch_size \(4\)",
         ),
+        ("schedule: {mode: alternating}\n", [], r"schedule\.mode alternating needs schedule\.t_mix > 0"),
+        (
+            "algo: {explorer_mini_batch: samples}\n",
+            [],
+            r"algo\.explorer_mini_batch samples .* schedule\.mode combined",
+        ),
+        ("schedule: {rounding: floor}\n", [], r"schedule\.rounding: must be one of"),
+        (
+            "model: {explorer: x}\nschedule: {t_mix: 4, group_size: 8, prompts_per_step: 8}\n",
+            [
+                "schedule.mode=alternating",
+                "schedule.rounding=ceil-both",
+                "algo.explorer_mini_batch=samples",
+                "algo.ppo_mini_batch_prompts=4",
+                "learner.parallel.micro_batch_size=8",
+            ],
+            # 4-sample explorer updates fit in one micro-batch of 8; the learner's 4 x 3 rows do not split.
+            r"learner rollout's batch or optimizer update of 12 sequences is not divisible by data-parallel "
+            r"size \* learner\.parallel\.micro_batch_size \(8\)",
+        ),
+        (
+            "model: {explorer: x}\nschedule: {t_mix: 4, group_size: 8, prompts_per_step: 2}\n",
+            ["schedule.rounding=ceil-both", "learner.parallel.micro_batch_size=4"],
+            r"combined rollout's batch or optimizer update of 18 sequences",  # 2 x (6 + 3) at step 2
+        ),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, overrides: list[str], match: str) -> None:

@@ -208,6 +208,21 @@ def test_no_think_suffix_template_ends_the_last_user_message_and_leaves_thinking
     assert messages[2]["content"] == "2+3?"  # the caller's messages are left alone
 
 
+def test_chat_default_template_ends_at_the_assistant_turn_without_a_think_block(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """verl's training prompt (no enable_thinking argument), what the S2L-PO authors trained on: the
+    Qwen3 template's own default, ending `<|im_start|>assistant\\n` with no pre-filled think block,
+    and the very text their offline explorer sampling wrote by hand."""
+    messages = [{"role": "user", "content": "2+3?"}]
+    text = render_prompt_text(messages, tokenizer, "chat-default")
+    assert text == "<|im_start|>user\n2+3?<|im_end|>\n<|im_start|>assistant\n"
+    assert "<think>" in render_prompt_text(messages, tokenizer, "chat")  # the other template pre-fills
+    [ids] = encode_prompts([messages], tokenizer, "chat-default")
+    assert tokenizer.decode(ids) == text
+    assert DataConfig(template="chat-default").template == "chat-default"
+
+
 def test_raw_template_concatenates_contents(
     tokenizer: PreTrainedTokenizerBase, tokenizer_without_template: PreTrainedTokenizerBase
 ) -> None:

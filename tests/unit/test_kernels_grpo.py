@@ -85,7 +85,8 @@ def run_fused(data: dict[str, torch.Tensor], cfg: LossConfig, temperature: float
 def test_fused_grpo_loss_matches_autograd(backend: str, agg: str, full: bool) -> None:
     cfg = dataclasses.replace(FULL if full else LossConfig(), agg=agg)
     data = make_batch(3, 7, 131, torch.float32)
-    global_kwargs = {"global_tokens": 50, "global_seqs": 6} if full else {}
+    # micro_batches: the count token-mean-micro-batch divides by (the other modes ignore it).
+    global_kwargs = {"global_tokens": 50, "global_seqs": 6, "micro_batches": 3} if full else {}
     ref_loss, ref_metrics, ref_grad = reference_loss(data, cfg, 0.9, **global_kwargs)
     loss, metrics, grad, logp, entropy = run_fused(data, cfg, 0.9, backend, **global_kwargs)
     # The loss sums per-token terms of both signs (advantages ~ N(0, 1), terms of order 1) and can

@@ -27,7 +27,7 @@ def token_loss_reference(logp: float, old: float, adv: float, lo: float, hi: flo
 def aggregate_reference(losses: list[list[float]], mask: list[list[int]], agg: str) -> float:
     """verl's agg_loss: seq-mean modes average over the rows with a counted token; the Dr.GRPO
     horizon is the padded response length (the longest response)."""
-    if agg == "token-mean":
+    if agg in ("token-mean", "token-mean-micro-batch"):  # one batch: one micro-batch
         total = sum(
             x * m for row, mrow in zip(losses, mask, strict=True) for x, m in zip(row, mrow, strict=True)
         )
@@ -107,7 +107,10 @@ def test_clip_higher_hand_case() -> None:
     assert dapo.item() == pytest.approx(-1.25) and m_dapo["clipfrac_high"].item() == 0.0
 
 
-@pytest.mark.parametrize("agg", LOSS_AGG_MODES)
+GLOBAL_BATCH_MODES = [agg for agg in LOSS_AGG_MODES if agg != "token-mean-micro-batch"]
+
+
+@pytest.mark.parametrize("agg", GLOBAL_BATCH_MODES)
 def test_micro_batch_gradients_equal_full_batch(agg: str) -> None:
     """Summing micro-batch losses normalised by the global counts gives the full-batch gradient."""
     logp, old, adv, mask = random_batch(B=8, T=7)
@@ -146,6 +149,106 @@ def test_micro_batch_without_global_count_differs() -> None:
     for rows in (slice(0, 4), slice(4, 8)):
         policy_loss(micro[rows], old[rows], adv[rows], mask[rows])[0].backward()
     assert not torch.allclose(micro.grad, full.grad)
+
+
+def verl_micro_batch_objective(
+    logp_RMBT: torch.Tensor,
+    old_RMBT: torch.Tensor,
+    ref_RMBT: torch.Tensor,
+    adv_RMB: torch.Tensor,
+    mask_RMBT: torch.Tensor,
+    *,
+    clip: float,
+    clip_c: float,
+    kl_coef: float,
+) -> torch.Tensor:
+    """What verl's actor optimises with loss_agg_mode token-mean and fixed-size micro-batches (the
+    verl of the S2L-PO authors' fork: verl/workers/actor/dp_actor.py `update_policy`,
+    verl/trainer/ppo/core_algos.py `agg_loss` and `compute_policy_loss_vanilla`, `kl_penalty`
+    low_var_kl; verl/utils/torch_functional.py `masked_mean`), written out in float64: on each of R
+    DP ranks, every micro-batch's loss is its masked token mean (sum / (count + 1e-8)) of the PPO loss
+    plus kl_coef times that of the k3 KL, times loss_scale_factor = 1 / gradient_accumulation (M
+    micro-batches); backward sums over micro-batches, and FSDP averages gradients over the R ranks."""
+    R, M = logp_RMBT.shape[:2]
+    total = logp_RMBT.new_zeros(())
+    for r in range(R):
+        rank_total = logp_RMBT.new_zeros(())
+        for m in range(M):
+            logp, old, ref, mask = logp_RMBT[r, m], old_RMBT[r, m], ref_RMBT[r, m], mask_RMBT[r, m]
+            adv = adv_RMB[r, m][:, None].expand_as(logp)
+            ratio = torch.exp(torch.clamp(logp - old, -20.0, 20.0))
+            pg1 = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip, 1 + clip))
+            pg = torch.where(adv < 0, torch.minimum(-adv * clip_c, pg1), pg1)
+            kl = torch.clamp(ref - logp, -20.0, 20.0)
+            kld = torch.clamp(torch.exp(kl) - kl - 1, -10.0, 10.0)
+            pg_loss = (pg * mask).sum() / (mask.sum() + 1e-8)
+            kl_loss = (kld * mask).sum() / (mask.sum() + 1e-8)
+            rank_total = rank_total + (pg_loss + kl_coef * kl_loss) * (1.0 / M)
+        total = total + rank_total / R
+    return total
+
+
+def test_token_mean_micro_batch_matches_verl_per_micro_batch_mean() -> None:
+    """2 DP ranks x 3 micro-batches of 4 sequences (gradient accumulation 3), responses of very
+    different lengths: the sum of our micro-batch losses (what grpo_step's scaling hands to the
+    gradient) equals verl's objective, and so does its gradient; plain token-mean does not."""
+    R, M, B, T = 2, 3, 4, 11
+    logp, old, adv, mask = random_batch(B=R * M * B, T=T)
+    mask[0] = 0.0
+    mask[0, 0] = 1.0  # a one-token response beside long ones: micro-batch means differ from token-mean
+    ref = old + torch.randn_like(old) * 0.3
+    cfg = LossConfig(clip_low=0.2, clip_high=0.2, clip_c=3.0, kl_coef=0.001, kl_estimator="k3")
+    cfg_mb = LossConfig(
+        clip_low=0.2,
+        clip_high=0.2,
+        clip_c=3.0,
+        kl_coef=0.001,
+        kl_estimator="k3",
+        agg="token-mean-micro-batch",
+    )
+
+    def shaped(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(R, M, B, *x.shape[1:])
+
+    verl_logp = logp.clone().requires_grad_()
+    want = verl_micro_batch_objective(
+        shaped(verl_logp),
+        shaped(old),
+        shaped(ref),
+        shaped(adv),
+        shaped(mask),
+        clip=0.2,
+        clip_c=3.0,
+        kl_coef=0.001,
+    )
+    want.backward()
+
+    ours_logp = logp.clone().requires_grad_()
+    total = ours_logp.new_zeros(())
+    for start in range(0, R * M * B, B):  # rank-major: rank r holds micro-batches r*M .. r*M + M-1
+        rows = slice(start, start + B)
+        loss, _ = grpo_loss(
+            cfg_mb,
+            ours_logp[rows],
+            old[rows],
+            adv[rows],
+            mask[rows],
+            ref_logprobs=ref[rows],
+            micro_batches=R * M,
+        )
+        total = total + loss
+    total.backward()
+    assert total.item() == pytest.approx(want.item(), rel=1e-7)
+    torch.testing.assert_close(ours_logp.grad, verl_logp.grad, rtol=1e-6, atol=1e-12)
+
+    global_mean, _ = grpo_loss(cfg, logp, old, adv, mask, ref_logprobs=ref)
+    assert global_mean.item() != pytest.approx(want.item(), rel=1e-3)
+
+
+def test_token_mean_micro_batch_rejects_a_non_positive_count() -> None:
+    logp, _, _, mask = random_batch(B=2, T=3, seed=5)
+    with pytest.raises(ValueError, match="micro_batches must be >= 1"):
+        aggregate(logp, mask, "token-mean-micro-batch", micro_batches=0)
 
 
 @pytest.mark.parametrize("agg", LOSS_AGG_MODES)

@@ -18,6 +18,21 @@ def test_fixed_size_plan_is_contiguous_rows_per_rank() -> None:
         plan_micro_batches(torch.tensor([5] * 7), 2, micro_batch_size=1, max_tokens=64)
 
 
+def test_a_rank_with_fewer_rows_than_a_micro_batch_takes_them_in_one() -> None:
+    """An update smaller than a micro-batch (an explorer update of 4 samples on the demo's 128-row
+    micro-batches) runs as one micro-batch per rank; a rank with more rows must split evenly."""
+    assert plan_micro_batches(torch.ones(8), 2, micro_batch_size=128, max_tokens=None) == [
+        [[0, 1, 2, 3]],
+        [[4, 5, 6, 7]],
+    ]
+    assert plan_micro_batches(torch.ones(16), 2, micro_batch_size=8, max_tokens=None) == [
+        [list(range(8))],
+        [list(range(8, 16))],
+    ]
+    with pytest.raises(ValueError, match="not divisible by data_parallel"):
+        plan_micro_batches(torch.ones(24), 2, micro_batch_size=8, max_tokens=None)  # 12 rows per rank
+
+
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("dp", [1, 2, 4])
 @pytest.mark.parametrize("budget", [1, 50, 300, 4096, 10**6])

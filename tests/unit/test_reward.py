@@ -424,3 +424,33 @@ def test_model_output_is_never_evaluated_as_code(tmp_path: Path) -> None:
         for text in (f"Answer: {payload}", f"\\boxed{{{payload}}}", f"#### {payload}"):
             assert compute_score(data_source, text, "1")["acc"] is False
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("response", "truth", "acc", "pred"),
+    [
+        ("so it is \\boxed{42}.", "42", True, "42"),
+        ("\\boxed{ABC}", "abc", True, "abc"),  # both sides lower-cased
+        ("first \\boxed{3} then \\boxed{4}", "4", False, "3"),  # the FIRST boxed answer
+        ("\\boxed{10}", "1", True, "10"),  # substring match: "1" is in "10"
+        ("#### 72 apples\nbye", "72", True, "72 apples"),  # the rest of the #### line
+        ("it is 3, then 5.", "5", True, "5."),  # else the last number (a full stop included)
+        ("it is 3, then 5.", "3", False, "5."),
+        ("-2.50 is it", "-2.5", True, "-2.50"),  # "-2.5" is in "-2.50"
+        ("I do not know", "abc", False, "i do not know"),
+        ("anything", "", True, "anything"),  # an empty ground truth matches everything
+        ("the answer: 7", "\\boxed{7}", True, "7"),  # the ground truth is reduced the same way
+    ],
+)
+def test_released_lenient_check_by_hand(response: str, truth: str, acc: bool, pred: str) -> None:
+    """The S2L-PO authors' explorer check (`check_correctness` of their small_model_rollout2.py):
+    1 / 0, boxed else #### else last number, equality or substring."""
+    got = compute_score("s2l_released_lenient", response, truth)
+    assert (got["acc"], got["pred"], got["score"]) == (acc, pred, 1.0 if acc else 0.0)
+    assert wrong_answer_score("s2l_released_lenient") == 0.0
+
+
+def test_explorer_source_must_name_a_reward_function() -> None:
+    assert RewardConfig(explorer_source="s2l_released_lenient").explorer_source == "s2l_released_lenient"
+    with pytest.raises(ValueError, match="explorer_source: unknown data source 'lenient'"):
+        RewardConfig(explorer_source="lenient")
