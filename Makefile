@@ -30,9 +30,10 @@ demo: setup
 
 # NOTE: the pytest script, not `python -m pytest`: the latter puts the repo root on sys.path, where
 # the kernels/ folder would shadow Hugging Face's `kernels` package that transformers looks up.
-# Two pytest-xdist workers: the server-backed tests in one, in order (their session servers are
-# shared), every other module whole in either (tests/conftest.py sets the groups; docs/testing.md).
-PYTEST_PARALLEL := -n 2 --dist loadgroup
+# Two pytest-xdist workers: the two groups of server-backed tests one in each, in order (their
+# session servers are shared), every other module whole in either; the groups are dealt in the order
+# tests/conftest.py puts them, server groups first (docs/testing.md).
+PYTEST_PARALLEL := -n 2 --dist loadgroup --no-loadscope-reorder
 test: setup
 	$(VENV)/bin/pytest tests $(PYTEST_PARALLEL) --durations=15
 

@@ -14,6 +14,20 @@ import pytest
 # Fixtures that start SGLang servers: a test that uses one is marked `sglang` (as are the files that
 # start servers themselves), so that `make test-fast` (-m "not sglang") never waits for a server.
 SERVER_FIXTURES = {"rollout_engines", "served", "served_models"}
+# Under `pytest -n 2 --dist loadgroup` (make test) the server-backed tests run in two groups, one per
+# worker, each starting its session's servers once: the shared `s2l serve` engines (training runs)
+# and everything else (the rollout/sync engines and the tests that start their own servers).
+SERVED_FIXTURES = {"served", "served_models"}
+
+
+def xdist_group(item: pytest.Item) -> str:
+    if SERVED_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return "sglang-served"
+    if "sglang" in item.keywords:
+        return "sglang-engines"
+    # Every other module runs whole in one worker, so its module-scoped fixtures (Megatron ranks,
+    # runs) are built once.
+    return item.nodeid.split("::")[0]
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
@@ -21,11 +35,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.sglang)
-        # Under `pytest -n 2 --dist loadgroup` (make test): the server-backed tests run in one worker,
-        # in order, sharing the session's servers; every other module runs whole in one worker, so
-        # that its module-scoped fixtures (Megatron ranks, runs) are built once.
-        group = "sglang" if "sglang" in item.keywords else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+    # The two server groups are the longest: first in the queue, so that xdist hands one to each worker
+    # at the start (it deals groups round-robin in the order of their first test).
+    first = {"sglang-served": 0, "sglang-engines": 1}
+    items.sort(key=lambda item: first.get(xdist_group(item), 2))
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")

@@ -223,21 +223,33 @@ def test_colocate_on_cpu_fails_before_any_server_starts(tmp_path) -> None:
     assert not list(tmp_path.iterdir())  # no server log: nothing was launched
 
 
-@pytest.mark.skipif(not (ROOT / "cache" / "demo" / "learner").is_dir(), reason="needs `s2l demo`'s models")
-def test_preflight_refuses_colocate_on_cpu(monkeypatch) -> None:
+def test_preflight_refuses_colocate_on_cpu(monkeypatch, tmp_path: Path) -> None:
+    import json
+
     import torch
 
     from megatron_s2l.config import load_config
     from megatron_s2l.configio import ConfigError
+    from megatron_s2l.demo.tiny import make_tiny_qwen3
     from megatron_s2l.train_cli import preflight
 
+    learner = make_tiny_qwen3(tmp_path / "learner", seed=1)
+    explorer = make_tiny_qwen3(tmp_path / "explorer", tokenizer_dir=learner, seed=2)
+    row = {"data_source": "math_dapo", "prompt": [{"role": "user", "content": "1+1?"}]}
+    (tmp_path / "train.jsonl").write_text(json.dumps({**row, "reward_model": {"ground_truth": "2"}}) + "\n")
+    tiny = [
+        f"model.learner={learner}",
+        f"model.explorer={explorer}",
+        f"data.train_files=[{tmp_path}/train.jsonl]",
+    ]
+    tiny += ["data.eval_files=[]", f"logging.run_dir={tmp_path}/runs/{{name}}", "schedule.prompts_per_step=1"]
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    cfg = load_config(ROOT / "yaml" / "demo-cpu.yaml", ["rollout.colocate=true"])
+    cfg = load_config(ROOT / "yaml" / "demo-cpu.yaml", [*tiny, "rollout.colocate=true"])
     with pytest.raises(ConfigError, match=r"rollout\.colocate needs CUDA.*sync\.transport=tensor"):
         preflight(cfg)
-    preflight(load_config(ROOT / "yaml" / "demo-cpu.yaml"))  # the same run without colocate passes
+    preflight(load_config(ROOT / "yaml" / "demo-cpu.yaml", tiny))  # the same run without colocate passes
 
 
 def test_learner_state_comes_back_after_the_release_and_leaves_before_the_weights_resume(
