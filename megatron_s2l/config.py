@@ -154,6 +154,7 @@ class S2LConfig:
                 + (f" * learner.parallel.micro_batch_size ({per_step})" if fixed_rows else f" ({dp})")
             )
         self._validate_mixing_mode()
+        self._validate_overlap()
         for part, rows in _batch_sizes(self.schedule, self.algo):
             if not splits(rows):
                 raise ValueError(
@@ -187,6 +188,20 @@ class S2LConfig:
             raise ValueError(
                 "algo.explorer_mini_batch samples applies to the explorer half-steps of schedule.mode "
                 "alternating; schedule.mode combined has none (use algo.explorer_mini_batch prompts)"
+            )
+
+    def _validate_overlap(self) -> None:
+        if not self.rollout.overlap:
+            return
+        if self.schedule.mode != "combined":
+            raise ValueError(
+                f"rollout.overlap 1 needs schedule.mode combined, got {self.schedule.mode} (a learner "
+                "half-step samples from the weights of the explorer half-step just before it)"
+            )
+        if self.algo.dynamic_sampling:
+            raise ValueError(
+                "rollout.overlap 1 and algo.dynamic_sampling: dynamic sampling draws more prompts until "
+                "the batch is full, which an early rollout cannot know in advance; turn one off"
             )
 
 

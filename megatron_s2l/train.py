@@ -22,6 +22,7 @@ from megatron_s2l.learner.learner import Learner
 from megatron_s2l.learner.offload import prepare_learner_for_colocation
 from megatron_s2l.rollout.colocate import Colocation
 from megatron_s2l.run.checkpoint import load_latest_run_checkpoint, save_run_checkpoint
+from megatron_s2l.run.hand_over import hand_over_explorer, resumes_after_explorer
 from megatron_s2l.run.phases import Phases
 from megatron_s2l.run.rundir import RunDir
 from megatron_s2l.run.steps import STEP_MODES, StepPieces, broadcast, sync_learner_engines
@@ -48,7 +49,8 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
     if is_driver:
         from megatron_s2l.run.driver import Driver
 
-        driver = Driver(cfg, run)
+        # A run resumed after its last step with explorer samples starts without explorer engines.
+        driver = Driver(cfg, run, explorer_retired=resume and resumes_after_explorer(cfg, run.checkpoints))
         driver.log_summary(learner.layout)
     try:
         layout = learner.layout
@@ -107,6 +109,7 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
             driver.logger.log(0, driver.evaluate(0))
         for step in range(start, cfg.schedule.steps + 1):
             step_started = time.perf_counter()
+            hand_over = hand_over_explorer(pieces, step)  # collective; explorer engines -> learner ones
             metrics = run_step(pieces, step, explorer_half_done if step == start else None)
             if metrics is None:  # SIGTERM between two half-steps: the first is checkpointed
                 break
@@ -115,6 +118,7 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
             if cfg.eval.every_steps and (last or step % cfg.eval.every_steps == 0):
                 metrics.update(driver.evaluate(step) if driver else {})
             if driver:
+                metrics.update(hand_over | driver.engine_counts())
                 metrics["time/step"] = time.perf_counter() - step_started
                 driver.logger.log(step, metrics)
             # After logging: a run killed in between re-runs (and re-logs) this step on resume.

@@ -10,6 +10,7 @@ from megatron_s2l.algo.loss import LossConfig
 
 FilterMetric = Literal["acc", "reward"]
 MiniBatchUnit = Literal["prompts", "samples"]
+RolloutCorrection = Literal["none", "tis"]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -40,6 +41,14 @@ class AlgoConfig:
     """DAPO overlong shaping: penalise the last `overlong_buffer` tokens before max_new_tokens; 0 = off."""
     overlong_penalty_factor: float = 1.0
     """Penalty at max_new_tokens (linear from 0 at the buffer's start)."""
+    rollout_correction: RolloutCorrection = "none"
+    """`tis`: truncated importance sampling of the learner's samples, as verl's `tis_imp_ratio_cap`:
+    each response token's policy loss is weighted by min(exp(old_logp - engine_logp), tis_cap)
+    (detached), where engine_logp is the learner engine's log-prob of the token as sampled. It
+    corrects the train/inference mismatch and, with `rollout.overlap: 1`, the samples' staleness.
+    The explorer's samples are not reweighted (they are off-policy on purpose). `none`: no weights."""
+    tis_cap: float = 2.0
+    """Upper bound of the truncated importance weight (verl's default)."""
 
     def __post_init__(self) -> None:
         if self.ppo_mini_batch_prompts < 0:
@@ -60,6 +69,8 @@ class AlgoConfig:
             raise ValueError(f"overlong_buffer must be >= 0, got {self.overlong_buffer}")
         if self.overlong_penalty_factor < 0:
             raise ValueError(f"overlong_penalty_factor must be >= 0, got {self.overlong_penalty_factor}")
+        if self.tis_cap <= 0:
+            raise ValueError(f"tis_cap must be > 0, got {self.tis_cap}")
 
     def updates_per_step(self, prompts_per_step: int) -> int:
         """Optimizer updates one rollout step makes (mini-batches x epochs)."""

@@ -187,6 +187,35 @@ def policy_loss(
     return loss, metrics
 
 
+def truncated_importance_weights(
+    old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor, cap: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Truncated importance sampling (TIS) weights [B, T] of the sampled tokens, as verl's
+    `compute_policy_loss_vanilla` (verl/trainer/ppo/core_algos.py, `tis_imp_ratio_cap`):
+    min(exp(old_logp - rollout_logp), cap), where rollout_logp is the engine's log-prob of the
+    token as it was sampled. verl multiplies each token's policy loss by the weight; scaling the
+    token's advantage by it instead gives the same loss and gradient (`policy_loss`: the weight is
+    positive and detached, so it factors out of the max of the clipped terms and, A * w having A's
+    sign, out of the dual clip's min as well; a weight that underflows to 0 zeroes the token's loss
+    both ways).
+
+    Weight 1 where `rollout_logprobs` is NaN (a token with nothing to correct against, e.g. an
+    explorer sample's) or `mask` is 0. Metrics over the weighted response tokens (none without
+    any): `tis_mean`, and `tis_clipped_frac` (the share whose weight was capped)."""
+    weighted_BT = mask.bool() & ~rollout_logprobs.isnan()
+    (log_ratio_BT,) = select_masked(weighted_BT, old_logprobs - rollout_logprobs)
+    raw_BT = torch.exp(log_ratio_BT)
+    weights_BT = torch.where(weighted_BT, raw_BT.clamp(max=cap), 1.0)
+    tokens = int(weighted_BT.sum())
+    if tokens == 0:
+        return weights_BT, {}
+    metrics = {
+        "tis_mean": float(weights_BT[weighted_BT].sum()) / tokens,
+        "tis_clipped_frac": float((weighted_BT & (raw_BT > cap)).sum()) / tokens,
+    }
+    return weights_BT, metrics
+
+
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) from log-probs of the sampled tokens.
 

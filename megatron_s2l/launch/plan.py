@@ -420,6 +420,9 @@ def _notes(
         )
     if cfg.sync.transport == "disk":
         notes.append("sync.transport disk: sync.disk_dir must be a file system every node mounts")
+    explorer_note = _explorer_after_t_mix_note(cfg, engines)
+    if explorer_note:
+        notes.append(explorer_note)
     for pool in ("learner", "explorer"):
         pool_cfg = getattr(cfg.rollout, pool)
         urls = [e.url for e in engines if e.pool == pool]
@@ -433,6 +436,32 @@ def _notes(
             + (" --disable-health-check" if pool == "learner" else "")
         )
     return notes
+
+
+def _explorer_after_t_mix_note(cfg: S2LConfig, engines: list[Engine]) -> str | None:
+    """What happens to the explorer engines' GPUs once no step has explorer samples left."""
+    from megatron_s2l.run.hand_over import hands_over, last_explorer_step
+
+    gpus: dict[str, list[int]] = {}
+    for engine in engines:
+        if engine.pool == "explorer":
+            gpus.setdefault(engine.host, []).extend(engine.gpus)
+    where = [f"{host} GPUs {_span(sorted(host_gpus))}" for host, host_gpus in gpus.items()]
+    if not where or not hands_over(cfg):
+        return None
+    saver = "--enable-memory-saver" in cfg.rollout.explorer.engine.extra_args
+    return (
+        f"explorer engines after T_mix: from step {last_explorer_step(cfg.schedule) + 1} on (no explorer "
+        f"samples left) the trainer sends the explorer engines ({'; '.join(where)}) no more requests "
+        "and asks them to release their memory (POST /release_memory_occupation), "
+        + (
+            "which frees their GPUs for other work (they run with --enable-memory-saver)"
+            if saver
+            else "which frees nothing without --enable-memory-saver: stop that `s2l serve` to use "
+            "those GPUs for other work"
+        )
+        + "; the trainer starts no learner engines there (rollout.explorer_hand_over)"
+    )
 
 
 def format_dry_run(plan: LaunchPlan) -> str:

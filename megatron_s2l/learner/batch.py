@@ -26,6 +26,9 @@ class TrainBatch:
     """[B, L-1] log-probs under the policy that sampled (recomputed by `Learner.compute_logprobs`)."""
     ref_logprobs: torch.Tensor | None = None
     """[B, L-1] reference-policy log-probs; needed only when the KL penalty is on."""
+    rollout_logprobs: torch.Tensor | None = None
+    """[B, L-1] the rollout engine's log-probs of the tokens it sampled, where truncated importance
+    sampling reweights them (`algo.rollout_correction: tis`: the learner's samples); NaN elsewhere."""
 
     def __post_init__(self) -> None:
         if self.input_ids.ndim != 2:
@@ -38,7 +41,7 @@ class TrainBatch:
             raise ValueError(
                 f"advantages must be [{num_seqs}] or {per_token}, got {tuple(self.advantages.shape)}"
             )
-        for name in ("old_logprobs", "ref_logprobs"):
+        for name in ("old_logprobs", "ref_logprobs", "rollout_logprobs"):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != per_token:
                 raise ValueError(f"{name} must be {per_token}, got {tuple(value.shape)}")

@@ -220,6 +220,23 @@ class RolloutConfig:
     prefetch_explorer: bool = True
     """Generate the next step's explorer samples while this step trains and syncs (the explorer is
     frozen: same samples, same seeds, at most one step ahead)."""
+    explorer_hand_over: bool = True
+    """After the last step with explorer samples (step T_mix - 1; step 1 when T_mix = 1), the
+    explorer's resources go to the learner: the explorer engines this run started are stopped and as
+    many learner engines (the learner pool's engine config) start on their CPU cores, or on their
+    GPUs as many as those hold at the learner's TP, synced to the learner's weights before the next
+    rollout (none with `colocate`: those GPUs stay free); attached explorer servers
+    (`explorer.external_urls`) are asked to release their memory and get no more requests. A run
+    resumed after that step starts in this layout. Nothing to hand over with `explorer_cache_path`.
+    False: the explorer engines run (idle) to the end of the run."""
+    overlap: Literal[0, 1] = 0
+    """1: generate the next step's rollout (explorer and learner samples) while this step trains,
+    from the weights the learner engines hold (those before this step's update), so that learner
+    samples are one step stale; the trainer waits for it before the weight sync (which never runs
+    into a generating engine) and before evaluation. `algo.rollout_correction: tis` corrects for the
+    staleness. Only with `schedule.mode: combined`, without `algo.dynamic_sampling` and without
+    `colocate`. 0: each step samples from the weights of the step before (on-policy, the default).
+    Supersedes `prefetch_explorer` (the explorer's samples are part of the early rollout)."""
     log_dir: str | None = None
     """Where each server's log file goes; None: the run directory's `engine-logs/`."""
     colocate: bool = False
@@ -244,6 +261,11 @@ class RolloutConfig:
         if self.explorer_cache_draw not in ("once", "per-use"):
             raise ValueError(
                 f"explorer_cache_draw must be 'once' or 'per-use', got {self.explorer_cache_draw!r}"
+            )
+        if self.colocate and self.overlap:
+            raise ValueError(
+                "colocate true with overlap 1: colocated learner engines hand their GPU memory to the "
+                "learner while it trains, so they cannot generate the next rollout then"
             )
         if self.colocate and self.learner.external_urls:
             raise ValueError(

@@ -4,17 +4,20 @@ with RolloutEngines(config.rollout, explorer_model=..., learner_model=...) as en
     sampler = engines.build_sampler(t_mix=..., group_size=...)
     batch = engines.run(sampler.sample(prompts, step))
 
-The engines own the one event loop on which every request of the run is made (`run`): the clients'
-concurrency limits and the pools' failure locks are asyncio primitives, which belong to the loop
-that first waits on them, so a fresh loop per call (`asyncio.run`) breaks them on the second call
-that has to wait.
+The engines own the one event loop on which every learner request of the run is made (`run`,
+`submit`): the clients' concurrency limits and the pools' failure locks are asyncio primitives,
+which belong to the loop that first waits on them, so a fresh loop per call (`asyncio.run`) breaks
+them on the second call that has to wait. The loop runs in a thread of its own (loop_thread.py), so
+that a rollout can be generated while the trainer's thread trains (`rollout.overlap`).
 """
 
 from __future__ import annotations
 
-import asyncio
+import concurrent.futures
+import logging
 import os
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,13 +25,15 @@ from megatron_s2l.rollout.client import RolloutClient
 from megatron_s2l.rollout.colocate import colocate_config_errors, colocated_pool
 from megatron_s2l.rollout.config import EnginePoolConfig, RolloutConfig
 from megatron_s2l.rollout.explorer_cache import ExplorerCache
+from megatron_s2l.rollout.http import EngineEndpoint, EngineRequestError
 from megatron_s2l.rollout.loop_thread import LoopThread
-from megatron_s2l.rollout.placement import plan_cpu_cores, plan_engine_gpus, visible_gpus
+from megatron_s2l.rollout.placement import plan_cpu_cores, plan_engine_gpus, regroup_gpus, visible_gpus
 from megatron_s2l.rollout.pool import EnginePool, start_side_by_side
 from megatron_s2l.rollout.sampler import S2LGroupSampler
 from megatron_s2l.rollout.tokenizer_check import check_same_tokenizer
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 def _learner_gpus(learner_ranks: int | None) -> tuple[list[str], int]:
@@ -72,8 +77,44 @@ def _gpus_of_the_learner(pool: EnginePoolConfig, learner_ranks: int | None) -> l
         ) from error
 
 
+@dataclass(slots=True)
+class HandOver:
+    """What `RolloutEngines.hand_over_explorer` did, by server URL."""
+
+    stopped: list[str] = field(default_factory=list)
+    """Explorer servers started by this run, now stopped."""
+    released: list[str] = field(default_factory=list)
+    """Attached explorer servers (`external_urls`) that released their memory."""
+    started: list[str] = field(default_factory=list)
+    """Learner servers started on the stopped ones' cores or GPUs (base weights: sync them)."""
+
+
+def release_attached(pool: EnginePool, timeout_s: float = 60.0) -> list[str]:
+    """Ask every server of `pool` (attached: not ours to stop) to release its memory (SGLang 0.5.23
+    `POST /release_memory_occupation` with no tags: KV cache, weights and CUDA graphs, as its
+    `WeightUpdater.release_memory_occupation` reads an empty tag list); the URLs of
+    those that did. A server is asked only once idle (`/flush_cache` answers 200: a release with a
+    request running kills it); one still busy after `timeout_s` (another run's requests) or that
+    refuses is left as it is and logged: this run needs none of them any more. Only a server started
+    with `--enable-memory-saver` frees anything; others answer 200 and keep their memory."""
+    released = []
+    for server in pool.servers:
+        endpoint = EngineEndpoint(server.url, api_key=server.api_key)
+        if not server.is_healthy():  # gone already: nothing to release, no idle to wait for
+            logger.warning("%s (%s) does not answer: no memory to release", server.name, server.url)
+            continue
+        try:
+            endpoint.flush_cache(timeout_s)
+            endpoint.post("/release_memory_occupation", {}, timeout_s)
+            released.append(server.url)
+        except EngineRequestError as error:
+            logger.warning("%s (%s) kept its memory: %s", server.name, server.url, error)
+    return released
+
+
 class RolloutEngines:
-    """The explorer pool (absent when a cache replaces it) and the learner pool of one run."""
+    """The explorer pool (absent when a cache replaces it, or once handed over) and the learner pool
+    of one run."""
 
     def __init__(
         self,
@@ -82,9 +123,13 @@ class RolloutEngines:
         explorer_model: str | Path | None,
         learner_model: str | Path,
         learner_ranks: int | None = None,
+        explorer_retired: bool = False,
     ) -> None:
         """`learner_ranks`: learner ranks on this node, whose GPUs engines skip (None: this
-        process's torchrun count, `_learner_gpus`; 0 where no learner runs)."""
+        process's torchrun count, `_learner_gpus`; 0 where no learner runs). `explorer_retired`:
+        start in the layout after `hand_over_explorer` (a run resumed after its last step with
+        explorer samples): no explorer engines, and the learner pool has their successors from the
+        start."""
         self.config = config
         self.explorer_model = explorer_model
         if config.log_dir is None:
@@ -109,31 +154,90 @@ class RolloutEngines:
         on_gpu = [name for name in local if name not in on_cpu and name not in gpus]
         beside = _gpus_beside_the_learner([local[name] for name in on_gpu], learner_ranks)
         gpus |= dict(zip(on_gpu, beside, strict=True))
+        # The explorer's place is planned even when retired, so the learner's engines keep theirs.
+        self._explorer_cores, self._explorer_gpus = cores.get("explorer"), gpus.get("explorer")
+        self.explorer_retired = live_explorer and explorer_retired
         self.explorer = (
             EnginePool(
                 "explorer",
                 explorer_model,
                 config.explorer,
                 log_dir,
-                cores.get("explorer"),
-                gpus.get("explorer"),
+                self._explorer_cores,
+                self._explorer_gpus,
             )
-            if live_explorer
+            if live_explorer and not explorer_retired
             else None
         )
         self.learner = EnginePool(
             "learner", learner_model, learner_pool, log_dir, cores.get("learner"), gpus.get("learner")
         )
+        if self.explorer_retired and not config.explorer.external_urls:
+            self.learner.add_engines(*self._successors())  # `start` starts them with the learner's own
         self.startup_seconds: dict[str, list[float]] = {}
-        self._runner: asyncio.Runner | None = None
+        self._loop: LoopThread | None = None
         self.explorer_loop = LoopThread("s2l-explorer") if self.explorer is not None else None
         """Where every explorer request runs (loop_thread.py: prefetch while the trainer trains)."""
 
+    def _successors(self) -> tuple[int, list[frozenset[int]] | None, list[list[str]] | None]:
+        """The learner engines that take over the explorer engines' place (this run's, not attached
+        ones): (how many, their cores, their GPUs). On CPU one per explorer engine, on its cores; on
+        GPU as many as the explorer's GPUs hold at the learner's TP (the rest stay idle). None when
+        the learner's engines are colocated (they share the learner's GPUs, with another transport)
+        or run on another kind of device."""
+        device, tp = self.learner.config.engine.resolved_device(), self.learner.config.engine.tp
+        if self.config.colocate:
+            logger.info("explorer hand-over: colocated learner engines take none of the explorer's GPUs")
+        elif self._explorer_cores is not None and device == "cpu":
+            return len(self._explorer_cores), self._explorer_cores, None
+        elif self._explorer_gpus is not None and device == "cuda":
+            blocks = regroup_gpus(self._explorer_gpus, tp)
+            idle = sum(map(len, self._explorer_gpus)) - len(blocks) * tp
+            if idle:
+                logger.info(
+                    "explorer hand-over: the explorer's GPUs hold %d learner engines at TP %d; %d GPUs "
+                    "stay idle",
+                    len(blocks),
+                    tp,
+                    idle,
+                )
+            return len(blocks), None, blocks
+        else:
+            logger.info("explorer hand-over: the learner engines run on %s, the explorer's did not", device)
+        return 0, None, None
+
+    def hand_over_explorer(self) -> HandOver:
+        """After the run's last step with explorer samples, with no request in flight: stop the
+        explorer engines this run started and start learner engines in their place (`_successors`),
+        which the learner pool picks from its next request on; attached explorer servers
+        (`external_urls`) are asked to release their memory instead (`release_attached`) and get no
+        more requests. The new engines hold the learner's base weights: sync them before the next
+        rollout. Nothing to do without a live explorer (an explorer cache, no explorer, or handed over
+        already)."""
+        if self.explorer is None:
+            return HandOver()
+        busy = {url: n for url, n in self.learner.in_flight.items() if n}
+        if busy:  # the pool's server list changes below: no request may be picking from it
+            raise RuntimeError(f"explorer hand-over with learner requests in flight ({busy})")
+        assert self.explorer_loop is not None
+        self.explorer_loop.close()  # cancels whatever still runs there (the prefetch stops before)
+        explorer, self.explorer, self.explorer_loop = self.explorer, None, None
+        self.explorer_retired = True
+        if explorer.config.external_urls:
+            return HandOver(released=release_attached(explorer))
+        explorer.stop()
+        started = self.learner.add_engines(*self._successors())
+        return HandOver(stopped=explorer.urls, started=[server.url for server in started])
+
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Run `coroutine` to completion on the engines' event loop (the same loop every call)."""
-        if self._runner is None:
-            self._runner = asyncio.Runner()
-        return self._runner.run(coroutine)
+        return self.submit(coroutine).result()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start `coroutine` on the engines' event loop and return at once (`rollout.overlap`)."""
+        if self._loop is None:
+            self._loop = LoopThread("s2l-rollout")
+        return self._loop.submit(coroutine)
 
     def start(self) -> RolloutEngines:
         if self.explorer_model is not None:
@@ -151,14 +255,14 @@ class RolloutEngines:
         return self
 
     def stop(self) -> None:
+        if self._loop is not None:  # first: a rollout still in flight stops before its engines do
+            self._loop.close()
+            self._loop = None
         if self.explorer_loop is not None:
             self.explorer_loop.close()
         for pool in (self.learner, self.explorer):
             if pool is not None:
                 pool.stop()
-        if self._runner is not None:
-            self._runner.close()
-            self._runner = None
 
     def __enter__(self) -> RolloutEngines:
         return self.start()
@@ -177,7 +281,8 @@ class RolloutEngines:
             explorer,
             learner,
             self.config,
-            t_mix=t_mix,
+            # Retired: no step left has explorer samples, so Algorithm 1's split at t_mix 0 is theirs.
+            t_mix=0 if self.explorer_retired else t_mix,
             group_size=group_size,
             explorer_loop=self.explorer_loop,
             explorer_cache=cache,

@@ -65,6 +65,13 @@ def plan_engine_gpus(engine_tps: list[list[int]], gpus: list[str]) -> list[list[
     return plan
 
 
+def regroup_gpus(blocks: list[list[str]], tp: int) -> list[list[str]]:
+    """The GPUs of stopped engines (`blocks`, one per engine) as blocks of `tp` for new engines: as
+    many as fit, in order; the GPUs left over (fewer than `tp`) stay idle."""
+    gpus = [gpu for block in blocks for gpu in block]
+    return [gpus[first : first + tp] for first in range(0, len(gpus) - tp + 1, tp)]
+
+
 def parse_gpus(flag: str | None) -> list[str]:
     """The GPU ids of a `--gpus 0,1,2` flag, or every visible GPU (`visible_gpus`) when it is unset."""
     if flag is None:

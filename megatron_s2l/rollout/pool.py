@@ -59,6 +59,10 @@ class EnginePool:
         without `engine.api_key_env` get this process's random key (`server.RUN_API_KEY`)."""
         self.name, self.model_path, self.config = name, str(model_path), config
         self.log_dir = Path(log_dir)
+        self._next_index = len(config.external_urls)
+        """Index of the next server started here (after any attached ones: names and log files stay
+        unique as servers come)."""
+        self._started = False
         self.api_key = config.engine.api_key
         """The key every server of the pool takes (the client and the weight sync send it)."""
         if self.api_key is None and generate_key and not config.external_urls:
@@ -70,16 +74,7 @@ class EnginePool:
             ]
             if config.external_urls
             else [
-                EngineServer(
-                    model_path,
-                    config.engine,
-                    self.log_dir / f"{name}{i}.log",
-                    name=f"{name}{i}",
-                    port=config.engine.port and config.engine.port + i,
-                    cpu_cores=cpu_cores[i] if cpu_cores else None,
-                    gpu_ids=gpu_ids[i] if gpu_ids else None,
-                    generate_key=generate_key,
-                )
+                self._engine_server(cpu_cores[i] if cpu_cores else None, gpu_ids[i] if gpu_ids else None)
                 for i in range(config.num_engines)
             ]
         )
@@ -91,12 +86,55 @@ class EnginePool:
         self._generation: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def _engine_server(self, cpu_cores: frozenset[int] | None, gpu_ids: list[str] | None) -> EngineServer:
+        index, self._next_index = self._next_index, self._next_index + 1
+        port = self.config.engine.port and self.config.engine.port + index
+        return EngineServer(
+            self.model_path,
+            self.config.engine,
+            self.log_dir / f"{self.name}{index}.log",
+            name=f"{self.name}{index}",
+            port=port,
+            cpu_cores=cpu_cores,
+            gpu_ids=gpu_ids,
+            generate_key=self.api_key is not None,  # the pool's key (an attached pool's may be none)
+        )
+
     @property
     def urls(self) -> list[str]:
         return [server.url for server in self.servers]
 
+    def add_engines(
+        self,
+        count: int,
+        cpu_cores: list[frozenset[int]] | None = None,
+        gpu_ids: list[list[str]] | None = None,
+    ) -> list[EngineServer]:
+        """`count` more servers of the pool's model and engine config, server i on `cpu_cores[i]` /
+        `gpu_ids[i]` (None: all it sees). A started pool starts them now, side by side, and picks
+        them for requests once all are healthy (a failed start stops them and raises); otherwise
+        `start` starts them with the others. They hold the model path's weights: sync them."""
+        servers = [
+            self._engine_server(cpu_cores[i] if cpu_cores else None, gpu_ids[i] if gpu_ids else None)
+            for i in range(count)
+        ]
+        if self._started:
+            try:
+                start_side_by_side([server.start for server in servers])
+            except BaseException:
+                for server in servers:
+                    server.stop()
+                raise
+            for server in servers:
+                self._register(server)
+            if self.router is not None:  # launched with its workers (adding one puts the key in a URL)
+                logger.warning("pool %s: its router does not front %s", self.name, [s.url for s in servers])
+        self.servers.extend(servers)
+        return servers
+
     def start(self) -> list[float]:
         """Start every server, side by side (each on its own GPUs or cores); returns seconds per server."""
+        self._started = True
         try:
             seconds = start_side_by_side([server.start for server in self.servers])
             for server in self.servers:
@@ -120,6 +158,7 @@ class EnginePool:
         self._generation[server.url] = self._generation.get(server.url, -1) + 1
 
     def stop(self) -> None:
+        self._started = False
         if self.router is not None:
             self.router.stop()
         for server in self.servers:

@@ -5,11 +5,14 @@ The learner ranks only see `TrainBatch`es; everything that talks to SGLang or re
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import random
 import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -24,7 +27,7 @@ from megatron_s2l.learner.parallel import ParallelLayout
 from megatron_s2l.reward import RewardScorer, check_data_source
 from megatron_s2l.rollout.client import RolloutClient
 from megatron_s2l.rollout.engines import RolloutEngines
-from megatron_s2l.rollout.records import Prompt
+from megatron_s2l.rollout.records import Prompt, RolloutBatch, RolloutRecord
 from megatron_s2l.rollout.sampler import merge_round_metrics
 from megatron_s2l.rollout.sampling_params import SamplingConfig
 from megatron_s2l.run.experience import Experience, build_experience, keep_groups_with_signal, score_groups
@@ -41,12 +44,38 @@ from megatron_s2l.run.samples import (
 logger = logging.getLogger(__name__)
 
 
+T = TypeVar("T")
+
+
 class DynamicSamplingError(RuntimeError):
     """Dynamic sampling could not fill the batch with informative groups in the allowed rounds."""
 
 
+class StaleSamplesError(RuntimeError):
+    """A learner sample came from weights more than one step older than the ones it trains."""
+
+
+@dataclass(slots=True)
+class Ahead:
+    """The next rollout, started before its step (`Driver._start_next`)."""
+
+    rollout: StepRollout
+    indices: list[int]
+    """Its prompts (indices into the training set), drawn early."""
+    prompts_state: dict[str, int]
+    """The prompt sampler's state before the draw: what a checkpoint saves, so that a resumed run
+    draws the same prompts again (and generates the rollout afresh)."""
+    cache_state: dict[str, Any] | None
+    """The explorer cache's position before the rollout drew from it (None without a cache)."""
+    batch: concurrent.futures.Future[tuple[RolloutBatch, float]] | None
+    """`rollout.overlap`: the whole rollout being generated (and its generation seconds); None:
+    only its explorer samples were started (`rollout.prefetch_explorer`)."""
+
+
 class Driver:
-    def __init__(self, cfg: S2LConfig, run: RunDir) -> None:
+    def __init__(self, cfg: S2LConfig, run: RunDir, *, explorer_retired: bool = False) -> None:
+        """`explorer_retired`: start the engines in the layout after the explorer's hand-over (a run
+        resumed after its last step with explorer samples: run/hand_over.py)."""
         from transformers import AutoTokenizer
 
         self.cfg, self.run = cfg, run
@@ -65,7 +94,12 @@ class Driver:
         api_key_envs = [pool.engine.api_key_env for pool in (cfg.rollout.explorer, cfg.rollout.learner)]
         self.scorer = RewardScorer(cfg.reward, hidden_env=[name for name in api_key_envs if name])
         explorer = cfg.model.explorer if cfg.schedule.t_mix > 0 else None
-        self.engines = RolloutEngines(cfg.rollout, explorer_model=explorer, learner_model=cfg.model.learner)
+        self.engines = RolloutEngines(
+            cfg.rollout,
+            explorer_model=explorer,
+            learner_model=cfg.model.learner,
+            explorer_retired=explorer_retired,
+        )
         self.engines.start()
         self.sampler = self.engines.build_sampler(
             t_mix=cfg.schedule.t_mix, group_size=cfg.schedule.group_size, seed=cfg.seed
@@ -78,9 +112,7 @@ class Driver:
             config=to_dict(cfg),
             run_name=cfg.name,
         )
-        self._ahead: tuple[list[int], dict[str, int]] | None = None
-        """The next step's prompts, drawn early for the explorer prefetch, and the prompt sampler's
-        state before that draw (what a checkpoint saves: a resumed run draws them again)."""
+        self._ahead: Ahead | None = None
 
     def _eval_sampling(self) -> SamplingConfig | None:
         """`eval.sampling` with its response cap cut to the learner engines' context less the longest
@@ -146,15 +178,15 @@ class Driver:
         advantages. With dynamic sampling, keep drawing prompts until the batch holds enough
         informative groups."""
         started = time.perf_counter()
-        step, counts = rollout.step, (rollout.g_explorer, rollout.g_learner)
+        step = rollout.step
         algo, want = self.cfg.algo, self.cfg.schedule.prompts_per_step
         max_new = self.cfg.rollout.learner_sampling.max_new_tokens
         scored = None
         round_metrics: list[dict[str, float]] = []
-        rounds, reward_seconds = 0, 0.0
+        rounds, reward_seconds, early_seconds = 0, 0.0, 0.0
         while True:
-            prompts = [self._prompt(i) for i in self._next_batch()]
-            batch = self.engines.run(self.sampler.sample([p for p, _ in prompts], step, rounds, counts))
+            prompts, batch, early = self._sample_round(rollout, rounds)
+            early_seconds += early
             rounds += 1
             round_metrics.append(batch.metrics)
             records = {p.prompt_id: r for p, r in prompts}
@@ -184,13 +216,15 @@ class Driver:
         if self.cfg.logging.dump_samples:
             rows = rollout_sample_rows(experience, self.tokenizer, step, self.cfg.logging.dump_samples)
             write_sample_rows(rollout_sample_path(self.run.samples, step), rows)
-        elapsed = time.perf_counter() - started - reward_seconds
+        # A rollout generated early (rollout.overlap) counts its generation time, not the wait for it.
+        elapsed = time.perf_counter() - started - reward_seconds + early_seconds
         tokens = sum(len(r.response_ids) for r in experience.records)
         metrics = {
             **merge_round_metrics(round_metrics),
             "schedule/g_explorer": rollout.g_explorer,
             "schedule/g_learner": rollout.g_learner,
             **_weight_versions(experience.records),
+            **self._staleness(experience.records, step),
             **experience.metrics,
             "rollout/sampling_rounds": rounds,
             "data/epoch": self.prompts.epoch,
@@ -201,14 +235,43 @@ class Driver:
             "time/rollout": elapsed,
             "time/reward": reward_seconds,
         }
-        self._prefetch_explorer(self._rollout_after(rollout))
+        self._start_next(self._rollout_after(rollout))
         return experience, metrics
 
-    def _next_batch(self) -> list[int]:
-        if self._ahead is not None:
-            indices, self._ahead = self._ahead[0], None
-            return indices
-        return next(self._batches)
+    def _sample_round(
+        self, rollout: StepRollout, sampling_round: int
+    ) -> tuple[list[tuple[Prompt, PromptRecord]], RolloutBatch, float]:
+        """One sampling round's prompts and samples, and the seconds they took to generate when
+        they were generated early (`_start_next`; else 0): those started early, else new ones."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.rollout != rollout:
+            raise RuntimeError(f"{rollout} found the early rollout of {ahead.rollout}")
+        prompts = [self._prompt(i) for i in (ahead.indices if ahead else next(self._batches))]
+        if ahead is not None and ahead.batch is not None:
+            return prompts, *ahead.batch.result()
+        counts = (rollout.g_explorer, rollout.g_learner)
+        sample = self.sampler.sample([p for p, _ in prompts], rollout.step, sampling_round, counts)
+        return prompts, self.engines.run(sample), 0.0
+
+    def _staleness(self, records: list[RolloutRecord], step: int) -> dict[str, float]:
+        """`rollout/staleness_max` and `_mean` of the learner samples: how many steps older their
+        weights are than those step `step` trains (the weights after step - 1): 0 on-policy, 1 with
+        `rollout.overlap`. With overlap, more than 1 is an error (without, an engine restarted
+        mid-run serves the base weights until the next sync, as `rollout/stale_learner_samples`
+        counts)."""
+        staleness = [step - 1 - weight_step(r.weight_version) for r in records if r.source == "learner"]
+        if not staleness:
+            return {}
+        if self.cfg.rollout.overlap and max(staleness) > 1:
+            versions = sorted({r.weight_version for r in records if r.source == "learner"})
+            raise StaleSamplesError(
+                f"step {step}: learner samples from weight versions {versions}, more than one step "
+                "older than the weights after the step before (rollout.overlap allows one)"
+            )
+        return {
+            "rollout/staleness_max": float(max(staleness)),
+            "rollout/staleness_mean": sum(staleness) / len(staleness),
+        }
 
     def _rollout_after(self, rollout: StepRollout) -> StepRollout | None:
         """The run's next rollout (the learner half-step after an explorer one, else the next step's
@@ -220,18 +283,37 @@ class Driver:
         step = rollout.step + 1
         return step_rollouts(step, self.cfg.schedule)[0] if step <= self.cfg.schedule.steps else None
 
-    def _prefetch_explorer(self, rollout: StepRollout | None) -> None:
-        """Draw `rollout`'s prompts now and start their explorer samples, to be generated while the
-        trainer trains and syncs (rollout.prefetch_explorer)."""
-        live_explorer = self.sampler.explorer is not None
-        if not (self.cfg.rollout.prefetch_explorer and live_explorer and rollout and rollout.g_explorer):
+    def _start_next(self, rollout: StepRollout | None) -> None:
+        """Draw `rollout`'s prompts now and start sampling them, to be generated while the trainer
+        trains: the whole rollout, from the weights the engines hold now (`rollout.overlap`), or its
+        explorer samples (`rollout.prefetch_explorer`: the explorer is frozen)."""
+        if rollout is None:
             return
-        state = self.prompts.state_dict()
+        overlap = self.cfg.rollout.overlap
+        live_explorer = self.sampler.explorer is not None
+        if not (overlap or (self.cfg.rollout.prefetch_explorer and live_explorer and rollout.g_explorer)):
+            return
+        cache = self.sampler.explorer_cache
+        prompts_state, cache_state = self.prompts.state_dict(), cache.state_dict() if cache else None
         indices = next(self._batches)
-        self._ahead = (indices, state)
-        self.sampler.prefetch_explorer(
-            [self._prompt(i)[0] for i in indices], rollout.step, rollout.g_explorer
-        )
+        prompts = [self._prompt(i)[0] for i in indices]
+        batch = None
+        if overlap:
+            counts = (rollout.g_explorer, rollout.g_learner)
+            batch = self.engines.submit(_timed(self.sampler.sample(prompts, rollout.step, 0, counts)))
+        else:
+            self.sampler.prefetch_explorer(prompts, rollout.step, rollout.g_explorer)
+        self._ahead = Ahead(rollout, indices, prompts_state, cache_state, batch)
+
+    def wait_for_generation(self) -> float:
+        """Wait until the rollout started early (`rollout.overlap`) has finished generating, so
+        that the weight sync never changes an engine's weights mid-rollout (nor evaluation, which
+        follows the sync, shares the engines with it); returns the seconds waited. Its errors are
+        raised when the next step collects it."""
+        started = time.perf_counter()
+        if self._ahead is not None and self._ahead.batch is not None:
+            concurrent.futures.wait([self._ahead.batch])
+        return time.perf_counter() - started
 
     def evaluate(self, step: int) -> dict[str, float]:
         """avg@k and pass@k on the held-out prompts, sampled from the learner engines (seeded) with
@@ -267,8 +349,11 @@ class Driver:
     def state_dict(self) -> dict[str, Any]:
         cache = self.sampler.explorer_cache
         return {
-            "prompts": self._ahead[1] if self._ahead is not None else self.prompts.state_dict(),
-            "explorer_cache": cache.state_dict() if cache is not None else None,
+            # A rollout started early is dropped: a resumed run draws its prompts and samples again.
+            "prompts": self._ahead.prompts_state if self._ahead else self.prompts.state_dict(),
+            "explorer_cache": (
+                self._ahead.cache_state if self._ahead else cache.state_dict() if cache else None
+            ),
             "python_rng": random.getstate(),
             "torch_rng": torch.get_rng_state(),
         }
@@ -281,10 +366,55 @@ class Driver:
         random.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
 
+    def hand_over_explorer(self) -> bool:
+        """`RolloutEngines.hand_over_explorer`, logged; whether learner engines started (to be synced)."""
+        attached = self.engines.explorer is not None and bool(self.cfg.rollout.explorer.external_urls)
+        done = self.engines.hand_over_explorer()
+        if done.stopped:
+            logger.info(
+                "explorer hand-over: stopped the explorer engines %s; learner engines started in their "
+                "place: %s",
+                done.stopped,
+                done.started or "none",
+            )
+        if attached:
+            logger.info(
+                "explorer hand-over: the attached explorer servers %s get no more requests from this "
+                "run; released their memory: %s (only servers started with --enable-memory-saver free "
+                "any): their GPUs are free for other use (stop the servers to free all of it)",
+                self.cfg.rollout.explorer.external_urls,
+                done.released or "none",
+            )
+        return bool(done.started)
+
+    def engine_counts(self) -> dict[str, int]:
+        """The engines serving each pool now (`rollout/learner_engines`, `rollout/explorer_engines`)."""
+        explorer = self.engines.explorer
+        return {
+            "rollout/learner_engines": len(self.engines.learner.servers),
+            "rollout/explorer_engines": 0 if explorer is None else len(explorer.servers),
+        }
+
     def close(self) -> None:
         self.logger.close()
         self.scorer.close()
         self.engines.stop()
+
+
+async def _timed(coroutine: Coroutine[Any, Any, T]) -> tuple[T, float]:
+    started = time.perf_counter()
+    return await coroutine, time.perf_counter() - started
+
+
+def weight_step(version: str) -> int:
+    """The step whose update an engine's weight version holds: "default" (the base weights) 0,
+    "<n>" n, "<n>-explorer" (the explorer half-step of step n on top of step n - 1's) n - 1."""
+    if version == "default":
+        return 0
+    step, _, half = version.partition("-")
+    if not step.isdigit() or half not in ("", "explorer"):
+        raise ValueError(f"weight version {version!r} names no training step")
+    return int(step) - 1 if half == "explorer" else int(step)
 
 
 def _weight_versions(records) -> dict[str, str]:

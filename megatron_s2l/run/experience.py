@@ -155,7 +155,21 @@ def build_experience(scored: ScoredGroups, algo: AlgoConfig, pad_id: int) -> Exp
     batch = TrainBatch.from_sequences(
         [r.prompt_ids for r in records], [r.response_ids for r in records], advantages, pad_id=pad_id
     )
+    if algo.rollout_correction == "tis":
+        batch.rollout_logprobs = learner_engine_logprobs(records, batch.loss_mask.shape)
     return Experience(batch, records, rewards, correct, _metrics(records, rewards, correct, advantages))
+
+
+def learner_engine_logprobs(records: list[RolloutRecord], shape: torch.Size) -> torch.Tensor:
+    """[B, L-1] the learner engine's log-probs of each learner sample's response tokens, in the
+    TrainBatch layout (column t: token t + 1); NaN elsewhere (prompts, padding, explorer samples,
+    which truncated importance sampling leaves alone)."""
+    out = torch.full(shape, float("nan"))
+    for row, record in enumerate(records):
+        if record.source == "learner":
+            start = len(record.prompt_ids) - 1
+            out[row, start : start + len(record.logprobs)] = torch.tensor(record.logprobs)
+    return out
 
 
 def _metrics(

@@ -11,6 +11,7 @@ stopped (SIGTERM) between two half-steps, after checkpointing the first.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch.distributed as dist
 
 from megatron_s2l.algo import StepRollout, mean_over_updates, ppo_mini_batch_rows, step_rollouts
+from megatron_s2l.algo.loss import truncated_importance_weights
+from megatron_s2l.learner.batch import TrainBatch
 from megatron_s2l.rollout.sampler import ADDITIVE_METRICS
 from megatron_s2l.run.experience import engine_logprob_gaps
 from megatron_s2l.sync.weight_sync import SyncResult, pool_endpoints
@@ -82,6 +85,18 @@ def logprob_temperatures(cfg: S2LConfig, rollout: StepRollout) -> list[float]:
     return [learner_t, explorer_t] if rollout.g_explorer > 0 and explorer_t != learner_t else [learner_t]
 
 
+def reweight_by_tis(batch: TrainBatch, cap: float) -> tuple[TrainBatch, dict[str, float]]:
+    """`batch` with each response token's advantage times its truncated importance weight
+    (`truncated_importance_weights` of its old and rollout log-probs), so per token; and the
+    weights' metrics."""
+    weights_BT, metrics = truncated_importance_weights(
+        batch.old_logprobs, batch.rollout_logprobs, batch.loss_mask, cap
+    )
+    advantages_BT = batch.advantages if batch.advantages.ndim == 2 else batch.advantages[:, None]
+    reweighted = dataclasses.replace(batch, advantages=advantages_BT * weights_BT, rollout_logprobs=None)
+    return reweighted, metrics
+
+
 def train_on_rollout(pieces: StepPieces, rollout: StepRollout, version: int | str) -> dict[str, Any]:
     """One rollout end to end: sample and score it (driver), old (and reference) log-probs, PPO
     updates over its mini-batches, then sync the learner engines to `version`. Its metrics (driver)."""
@@ -98,6 +113,9 @@ def train_on_rollout(pieces: StepPieces, rollout: StepRollout, version: int | st
         batch.old_logprobs = logprobs_KBT[0]
         if cfg.algo.loss.kl_coef > 0:
             batch.ref_logprobs = learner.compute_ref_logprobs(batch)
+        tis_metrics = {}
+        if cfg.algo.rollout_correction == "tis":
+            batch, tis_metrics = reweight_by_tis(batch, cfg.algo.tis_cap)
 
     with phases.timed(step, "train", metrics):
         mini_batches = ppo_mini_batch_rows(
@@ -111,6 +129,8 @@ def train_on_rollout(pieces: StepPieces, rollout: StepRollout, version: int | st
         )
         train_metrics = mean_over_updates([learner.train_step(batch.select(r)) for r in mini_batches])
 
+    if driver and cfg.rollout.overlap:  # the next rollout, generating since collect, ends first
+        metrics["time/rollout_wait"] = driver.wait_for_generation()
     pieces.colocation.resume_weights()  # the sync writes into the engines' resumed weight memory
     with phases.timed(step, "sync", metrics):
         result = sync_learner_engines(
@@ -120,6 +140,7 @@ def train_on_rollout(pieces: StepPieces, rollout: StepRollout, version: int | st
     if driver:
         metrics.update({"sync/gb_per_s": result.gb_per_s, "sync/missed_engines": len(result.missed)})
         metrics.update({TRAIN_METRIC_NAMES.get(k, f"train/{k}"): v for k, v in train_metrics.items()})
+        metrics.update({f"train/{k}": v for k, v in tis_metrics.items()})
         metrics.update(engine_logprob_gaps(experience, logprobs_KBT[0], logprobs_KBT[-1]))
     return metrics
 

@@ -135,6 +135,24 @@ def test_overrides_and_base_overlay(tmp_path: Path) -> None:
             ["schedule.rounding=ceil-both", "learner.parallel.micro_batch_size=4"],
             r"combined rollout's batch or optimizer update of 18 sequences",  # 2 x (6 + 3) at step 2
         ),
+        ("rollout: {overlap: 2}\n", [], r"rollout\.overlap: must be one of \[0, 1\]"),
+        (
+            "model: {explorer: x}\nschedule: {t_mix: 4}\n",
+            ["rollout.overlap=1", "schedule.mode=alternating"],
+            r"rollout\.overlap 1 needs schedule\.mode combined, got alternating",
+        ),
+        (
+            "{}\n",
+            ["rollout.overlap=1", "algo.dynamic_sampling=true"],
+            r"rollout\.overlap 1 and algo\.dynamic_sampling",
+        ),
+        ("{}\n", ["rollout.overlap=1", "rollout.colocate=true"], r"rollout: colocate true with overlap 1"),
+        (
+            "algo: {rollout_correction: is}\n",
+            [],
+            r"algo\.rollout_correction: must be one of \['none', 'tis'\]",
+        ),
+        ("algo: {tis_cap: 0}\n", [], r"algo: tis_cap must be > 0"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, overrides: list[str], match: str) -> None:
