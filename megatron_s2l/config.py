@@ -70,10 +70,17 @@ class LoggingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases: the metrics of `metrics.jsonl` and the resolved config (off by default;
     `offline` keeps its files under the run directory)."""
+    explorer_gap_every: int = 1
+    """Every N mixing steps log `explorer/engine_minus_learner_logprob` (how much likelier the explorer
+    finds its samples than the learner does), which needs the learner's log-probs at the explorer's
+    temperature as well: one more log-softmax over the vocabulary for every token of the step's batch
+    in the log-prob pass; 0 = never (the log-prob pass then costs what GRPO's does)."""
 
     def __post_init__(self) -> None:
         if self.dump_samples < 0:
             raise ValueError(f"dump_samples must be >= 0 (0 = off), got {self.dump_samples}")
+        if self.explorer_gap_every < 0:
+            raise ValueError(f"explorer_gap_every must be >= 0 (0 = never), got {self.explorer_gap_every}")
 
 
 @dataclass(kw_only=True, slots=True)

@@ -21,6 +21,9 @@ SERVED_FIXTURES = {"served", "served_models"}
 
 
 def xdist_group(item: pytest.Item) -> str:
+    declared = item.get_closest_marker("server_group")
+    if declared is not None:  # a module with servers of its own may pick its worker (to balance them)
+        return declared.args[0]
     if SERVED_FIXTURES & set(getattr(item, "fixturenames", ())):
         return "sglang-served"
     if "sglang" in item.keywords:

@@ -199,12 +199,12 @@ def _metrics(
 
 
 def engine_logprob_gaps(
-    experience: Experience, learner_logprobs: torch.Tensor, learner_logprobs_explorer_t: torch.Tensor
+    experience: Experience, learner_logprobs: torch.Tensor, learner_logprobs_explorer_t: torch.Tensor | None
 ) -> dict[str, float]:
     """Mean (engine log-prob - learner log-prob) over each source's response tokens, both at the
     temperature that source was sampled at (SGLang returns log-probs of the temperature-scaled
     distribution): `learner_logprobs` at the learner's, `learner_logprobs_explorer_t` at the
-    explorer's.
+    explorer's (None: not computed this step, no explorer gap).
 
     For learner samples this is the train/inference mismatch (about 0 when both run the same
     weights); for explorer samples it is how much likelier the explorer finds its own tokens than
@@ -215,6 +215,8 @@ def engine_logprob_gaps(
     for row, record in enumerate(experience.records):
         start = len(record.prompt_ids) - 1
         reference = learner_logprobs_explorer_t if record.source == "explorer" else learner_logprobs
+        if reference is None:  # not computed this step (logging.explorer_gap_every)
+            continue
         learner = reference[row, start : start + len(record.logprobs)]
         sums[record.source] += (torch.tensor(record.logprobs) - learner).sum().item()
         counts[record.source] += len(record.logprobs)

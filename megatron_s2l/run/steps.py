@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import torch
 import torch.distributed as dist
 
 from megatron_s2l.algo import StepRollout, mean_over_updates, ppo_mini_batch_rows, step_rollouts
@@ -76,13 +77,26 @@ def sync_learner_engines(
 
 
 def logprob_temperatures(cfg: S2LConfig, rollout: StepRollout) -> list[float]:
-    """The learner's sampling temperature, then, while explorer samples are in the batch, the
-    explorer's (evaluated from the same forward), so that each source's engine log-probs are compared
-    with the learner's at the temperature they were sampled at (SGLang returns the log-probs of the
-    temperature-scaled distribution; greedy samples come with unscaled ones)."""
+    """The learner's sampling temperature (the old log-probs), then, at the steps where
+    `logging.explorer_gap_every` asks for the explorer's gap and explorer samples are in the batch,
+    the explorer's (from the same forward: one more log-softmax over the vocabulary per token), so
+    that each source's engine log-probs are compared with the learner's at the temperature they were
+    sampled at (SGLang returns the log-probs of the temperature-scaled distribution; greedy samples
+    come with unscaled ones)."""
     learner_t = cfg.rollout.learner_sampling.temperature
     explorer_t = cfg.rollout.explorer_sampling.temperature or 1.0
-    return [learner_t, explorer_t] if rollout.g_explorer > 0 and explorer_t != learner_t else [learner_t]
+    every = cfg.logging.explorer_gap_every
+    diagnose = rollout.g_explorer > 0 and every > 0 and rollout.step % every == 0
+    return [learner_t, explorer_t] if diagnose and explorer_t != learner_t else [learner_t]
+
+
+def at_explorer_temperature(
+    cfg: S2LConfig, temperatures: list[float], logprobs_KBT: torch.Tensor
+) -> torch.Tensor | None:
+    """The learner's log-probs at the explorer's temperature when they were computed (or the
+    temperatures are the same), else None: no explorer gap this step."""
+    explorer_t = cfg.rollout.explorer_sampling.temperature or 1.0
+    return logprobs_KBT[temperatures.index(explorer_t)] if explorer_t in temperatures else None
 
 
 def reweight_by_tis(batch: TrainBatch, cap: float) -> tuple[TrainBatch, dict[str, float]]:
@@ -109,7 +123,8 @@ def train_on_rollout(pieces: StepPieces, rollout: StepRollout, version: int | st
 
     with phases.timed(step, "logprobs", metrics):
         # Old log-probs of every sample, explorer ones too (so every PPO ratio starts at 1).
-        logprobs_KBT = learner.compute_logprobs_at(batch, logprob_temperatures(cfg, rollout))
+        temperatures = logprob_temperatures(cfg, rollout)
+        logprobs_KBT = learner.compute_logprobs_at(batch, temperatures)
         batch.old_logprobs = logprobs_KBT[0]
         if cfg.algo.loss.kl_coef > 0:
             batch.ref_logprobs = learner.compute_ref_logprobs(batch)
@@ -141,7 +156,8 @@ def train_on_rollout(pieces: StepPieces, rollout: StepRollout, version: int | st
         metrics.update({"sync/gb_per_s": result.gb_per_s, "sync/missed_engines": len(result.missed)})
         metrics.update({TRAIN_METRIC_NAMES.get(k, f"train/{k}"): v for k, v in train_metrics.items()})
         metrics.update({f"train/{k}": v for k, v in tis_metrics.items()})
-        metrics.update(engine_logprob_gaps(experience, logprobs_KBT[0], logprobs_KBT[-1]))
+        explorer_t_logprobs = at_explorer_temperature(cfg, temperatures, logprobs_KBT)
+        metrics.update(engine_logprob_gaps(experience, logprobs_KBT[0], explorer_t_logprobs))
     return metrics
 
 

@@ -25,7 +25,8 @@ from test_train_e2e import ROOT, overrides
 from megatron_s2l.net import find_free_port
 from megatron_s2l.run.metrics import read_metrics
 
-pytestmark = [pytest.mark.slow, pytest.mark.sglang]
+# Servers of its own: it runs beside the shared engines' tests, to even out the two server workers.
+pytestmark = [pytest.mark.slow, pytest.mark.sglang, pytest.mark.server_group("sglang-served")]
 
 STEPS = 3
 HOSTS = "localhost,127.0.0.1"

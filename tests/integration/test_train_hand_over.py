@@ -21,7 +21,8 @@ from test_train_e2e import finish, kill_trainer, overrides, s2l, sglang_servers_
 from megatron_s2l.algo import s2l_split
 from megatron_s2l.run.metrics import read_metrics
 
-pytestmark = [pytest.mark.slow, pytest.mark.sglang]
+# Servers of its own: it runs beside the shared engines' tests, to even out the two server workers.
+pytestmark = [pytest.mark.slow, pytest.mark.sglang, pytest.mark.server_group("sglang-served")]
 
 T_MIX, STEPS, GROUP = 3, 4, 4
 GENERATE = '"POST /generate HTTP/1.1" 200'

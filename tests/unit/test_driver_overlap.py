@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -121,6 +122,15 @@ def combined(driver: Driver, step: int) -> StepRollout:
     return rollout
 
 
+def started_steps(sampler: FakeSampler, count: int) -> list[int]:
+    """The steps whose rollouts have started, once `count` have (a rollout submitted by `collect`
+    starts on the engines' loop thread a moment later)."""
+    deadline = time.monotonic() + 10
+    while len(sampler.calls) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [step for step, _ in sampler.calls]
+
+
 def prompt_ids(experience) -> list[str]:
     return sorted({r.prompt_id for r in experience.records})
 
@@ -137,13 +147,13 @@ def test_next_rollout_runs_during_the_step_from_the_weights_before_it(engines: F
     sampler = driver.sampler
     _, metrics = driver.collect(combined(driver, 1))
     # Step 1 sampled now; step 2's rollout was started before collect returned, from "default".
-    assert [step for step, _ in sampler.calls] == [1, 2]
+    assert started_steps(sampler, 2) == [1, 2]
     assert metrics["rollout/staleness_max"] == 0.0 and metrics["rollout/staleness_mean"] == 0.0
     driver.wait_for_generation()  # the trainer waits, then syncs the engines to step 1's weights
     engines.weight_version = "1"
     sampler.release.clear()  # step 3's rollout (started by the next collect) stays in flight
     experience2, metrics = driver.collect(combined(driver, 2))
-    assert [step for step, _ in sampler.calls] == [1, 2, 3]  # step 2 was not generated again
+    assert started_steps(sampler, 3) == [1, 2, 3]  # step 2 was not generated again
     assert prompt_ids(experience2) == sorted(sampler.calls[1][1])
     assert {r.weight_version for r in experience2.records} == {"default"}
     assert metrics["rollout/staleness_max"] == 1.0 and metrics["rollout/staleness_mean"] == 1.0

@@ -134,3 +134,45 @@ def test_engine_logprob_gaps_by_source(tokenizer, scorer) -> None:
     # Each source against the learner at that source's own sampling temperature.
     assert gaps["explorer/engine_minus_learner_logprob"] == pytest.approx(0.5)
     assert gaps["mismatch/engine_minus_learner_logprob"] == pytest.approx(0.25)
+    # Not computed at the explorer's temperature this step: no explorer gap, the learner's unchanged.
+    assert engine_logprob_gaps(exp, learner_logprobs, None) == {
+        "mismatch/engine_minus_learner_logprob": pytest.approx(0.25)
+    }
+
+
+@pytest.mark.parametrize(
+    ("every", "explorer_t", "expected"),
+    [(1, 0.7, [2, 2, 1]), (2, 0.7, [1, 2, 1]), (3, 0.7, [1, 1, 1]), (0, 0.7, [1, 1, 1]), (1, 1.0, [1, 1, 1])],
+)
+def test_the_explorer_temperature_pass_runs_every_n_mixing_steps(every, explorer_t, expected) -> None:
+    """Steps 1 (G_w 8, G_s 0; every % 1), 2 and 3 (t_mix 3: step 3 has no explorer samples): the
+    log-prob pass gets the explorer's temperature only at the asked steps with explorer samples and a
+    temperature of its own; the explorer gap reads the row of that temperature, else none."""
+    from megatron_s2l.algo import step_rollouts
+    from megatron_s2l.config import load_config
+    from megatron_s2l.run.steps import at_explorer_temperature, logprob_temperatures
+
+    cfg = load_config(
+        Path(__file__).resolve().parents[2] / "yaml" / "demo-cpu.yaml",
+        [
+            "schedule.steps=3",
+            "schedule.t_mix=3",
+            "schedule.group_size=8",
+            f"logging.explorer_gap_every={every}",
+            f"rollout.explorer_sampling.temperature={explorer_t}",
+        ],
+    )
+    counts = []
+    for step in (1, 2, 3):
+        (rollout,) = step_rollouts(step, cfg.schedule)
+        temperatures = logprob_temperatures(cfg, rollout)
+        counts.append(len(temperatures))
+        logprobs_KBT = torch.arange(len(temperatures), dtype=torch.float32)[:, None, None].expand(-1, 2, 3)
+        found = at_explorer_temperature(cfg, temperatures, logprobs_KBT)
+        if explorer_t == 1.0:  # the learner's own temperature: its log-probs serve both
+            assert found is not None and found.eq(0).all()
+        elif len(temperatures) == 2:
+            assert found is not None and found.eq(1).all()
+        else:
+            assert found is None
+    assert counts == expected
