@@ -22,10 +22,15 @@ from __future__ import annotations
 import torch
 
 
+def micro_batch_rows(rows_per_rank: int, micro_batch_size: int) -> int:
+    """Rows of each fixed-size micro-batch: `micro_batch_size`, or all of a rank's rows when there are
+    fewer (an update smaller than a micro-batch runs as one)."""
+    return min(micro_batch_size, rows_per_rank)
+
+
 def fits_micro_batches(rows_per_rank: int, micro_batch_size: int) -> bool:
-    """Whether a rank's rows split into equal micro-batches: `micro_batch_size` rows each, or one
-    micro-batch of all of them when there are fewer (an update smaller than a micro-batch)."""
-    return rows_per_rank <= micro_batch_size or rows_per_rank % micro_batch_size == 0
+    """Whether a rank's rows split into equal micro-batches of `micro_batch_rows`."""
+    return rows_per_rank % micro_batch_rows(rows_per_rank, micro_batch_size) == 0
 
 
 def plan_micro_batches(
@@ -44,7 +49,7 @@ def plan_micro_batches(
                 f"global batch of {num_rows} sequences is not divisible by data_parallel ({dp}) * "
                 f"micro_batch_size ({micro_batch_size})"
             )
-        size = min(micro_batch_size, per_rank)
+        size = micro_batch_rows(per_rank, micro_batch_size)
         return [
             [list(range(start, start + size)) for start in range(first, first + per_rank, size)]
             for first in range(0, num_rows, per_rank)

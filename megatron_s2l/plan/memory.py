@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Literal
 from megatron_s2l.archs import ModelArch
 from megatron_s2l.kernels import default_chunk_size
 from megatron_s2l.learner.hf_config import padded_vocab_size
+from megatron_s2l.learner.micro_batches import micro_batch_rows
 from megatron_s2l.learner.parallel import check_parallel_sizes
 
 if TYPE_CHECKING:
@@ -257,6 +258,7 @@ def learner_setup(cfg: S2LConfig, arch: ModelArch) -> LearnerSetup:
         max_new = max(max_new, cfg.rollout.explorer_sampling.max_new_tokens)
     seq_len = cfg.data.max_prompt_tokens + max_new
     budget = parallel.max_tokens_per_micro_batch
+    micro_rows = micro_batch_rows(rows // dp, parallel.micro_batch_size)
     reference: Reference = "none"
     if cfg.algo.loss.kl_coef > 0:
         reference = "host" if cfg.learner.reference_offload else "gpu"
@@ -264,12 +266,10 @@ def learner_setup(cfg: S2LConfig, arch: ModelArch) -> LearnerSetup:
         tp=parallel.tensor_parallel,
         pp=parallel.pipeline_parallel,
         dp=dp,
-        micro_batch_size=parallel.micro_batch_size,
-        tokens_per_micro_batch=(
-            parallel.micro_batch_size * seq_len if budget is None else max(budget, seq_len)
-        ),
+        micro_batch_size=micro_rows,
+        tokens_per_micro_batch=micro_rows * seq_len if budget is None else max(budget, seq_len),
         # With a budget the count depends on the lengths: at most one sequence per micro-batch.
-        micro_batches=rows // dp if budget is not None else rows // (dp * parallel.micro_batch_size),
+        micro_batches=rows // dp if budget is not None else rows // dp // micro_rows,
         seq_len=seq_len,
         param_bytes=4 if cfg.learner.params_dtype == "float32" else 2,
         distributed_optimizer=parallel.distributed_optimizer,

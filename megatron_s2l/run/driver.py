@@ -23,6 +23,7 @@ from megatron_s2l.configio import to_dict
 from megatron_s2l.data import PromptRecord, PromptSampler, load_prompt_dataset, prompt_id
 from megatron_s2l.eval.protocol import cap_to_context
 from megatron_s2l.eval.score import sample_and_score, summarize
+from megatron_s2l.learner.micro_batches import micro_batch_rows
 from megatron_s2l.learner.parallel import ParallelLayout
 from megatron_s2l.reward import RewardScorer, check_data_source
 from megatron_s2l.rollout.client import RolloutClient
@@ -133,8 +134,9 @@ class Driver:
         samples = sched.prompts_per_step * sched.group_size
         per_update = (algo.ppo_mini_batch_prompts or sched.prompts_per_step) * sched.group_size
         micro, budget = cfg.learner.parallel.micro_batch_size, cfg.learner.parallel.max_tokens_per_micro_batch
+        rows = micro_batch_rows(per_update // layout.dp, micro)
         micro_batching = (
-            f"{per_update // (layout.dp * micro)} micro-batches of {micro}"
+            f"{per_update // layout.dp // rows} micro-batches of {rows}"
             if budget is None
             else f"micro-batches of up to {budget:,} tokens"
         )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from megatron_s2l.learner.batch import TrainBatch
-from megatron_s2l.learner.micro_batches import plan_micro_batches
+from megatron_s2l.learner.micro_batches import micro_batch_rows, plan_micro_batches
 
 
 def test_fixed_size_plan_is_contiguous_rows_per_rank() -> None:
@@ -31,6 +31,7 @@ def test_a_rank_with_fewer_rows_than_a_micro_batch_takes_them_in_one() -> None:
     ]
     with pytest.raises(ValueError, match="not divisible by data_parallel"):
         plan_micro_batches(torch.ones(24), 2, micro_batch_size=8, max_tokens=None)  # 12 rows per rank
+    assert [micro_batch_rows(rows, 8) for rows in (1, 4, 8, 16)] == [1, 4, 8, 8]
 
 
 @pytest.mark.parametrize("packed", [False, True])

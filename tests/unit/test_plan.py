@@ -75,6 +75,17 @@ def test_activation_and_logit_terms(capsys: pytest.CaptureFixture[str]) -> None:
         )
 
 
+def test_an_update_smaller_than_a_micro_batch_is_planned_as_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """4 prompts x G 8 = 32 rows over DP 4: 8 rows per rank, one micro-batch of 8 (not 64, not 0)."""
+    s = 2048 + 8192
+    fixed = ("learner.parallel.max_tokens_per_micro_batch=null", "algo.ppo_mini_batch_prompts=4")
+    for micro, rows, count in ((64, 8, 1), (4, 4, 2)):
+        _, out = plan(capsys, CONFIG_8B, *fixed, f"learner.parallel.micro_batch_size={micro}")
+        setup = out["learner"]["setup"]
+        assert (setup["micro_batch_size"], setup["micro_batches"]) == (rows, count)
+        assert setup["tokens_per_micro_batch"] == rows * s
+
+
 def test_fused_output_layer_plans_one_chunk_of_logits(capsys: pytest.CaptureFixture[str]) -> None:
     from megatron_s2l.kernels import default_chunk_size
 
