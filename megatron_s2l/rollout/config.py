@@ -144,6 +144,14 @@ class EnginePoolConfig:
     """Servers started elsewhere (`s2l serve` on other nodes: see `s2l launch`) to use instead of
     starting `num_engines` here: each must answer /health and serve this pool's model (same
     directory name) at `engine.tp`. Learner servers get the learner's weights before the first step."""
+    placement: Literal["dedicated", "shared"] = "dedicated"
+    """The explorer pool only. `dedicated`: its engines get devices of their own (GPUs after the
+    learner engines', or cores of their own on CPU). `shared`: they run on the learner engines'
+    devices (GPU memory split by `engine.mem_fraction_static`, which `s2l plan` computes and checks;
+    on CPU the learner engines' cores), so that whichever pool has work uses the compute."""
+    cpu_cores: list[int] | None = None
+    """CPU engines: the cores this pool's engines run on (split evenly among them); None: the cores
+    left by the other pool's and the learner's lists, split over every CPU engine of the run."""
 
     def __post_init__(self) -> None:
         if self.num_engines < 1:
@@ -162,6 +170,8 @@ class EnginePoolConfig:
             if self.use_router:
                 raise ValueError("use_router starts a router here: it cannot front external_urls")
             self.num_engines = len(self.external_urls)
+        if self.placement not in ("dedicated", "shared"):
+            raise ValueError(f"placement must be 'dedicated' or 'shared', got {self.placement!r}")
 
 
 @dataclass(kw_only=True, slots=True)
