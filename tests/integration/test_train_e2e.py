@@ -2,15 +2,17 @@
 the schedule's G_w/G_s per step, learner engines re-synced every step while the explorer is never
 touched, finite losses, and exact resume after SIGKILL.
 
-Two runs start engines of their own (`full_run`, and the fault run that checks that a killed trainer's
-engines die with it); the others attach to the session's shared `s2l serve` engines (`served`), as
-a cluster job attaches to an engine node's, which saves two or three server starts per run.
+Two runs start engines of their own (`full_run`, and the fault run that checks that a killed
+trainer's engines die with it and hands the explorer's engine over to the learner); the others
+attach to the session's shared `s2l serve` engines (`served`), as a cluster job attaches to an engine
+node's, which saves two or three server starts per run.
 """
 
 import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -193,23 +195,57 @@ def kill_trainer(proc: subprocess.Popen, model_dir: Path) -> None:
     assert not sglang_servers_of(model_dir), "an engine of the killed trainer is still running"
 
 
-def test_sigkill_in_each_phase_then_resume_in_a_moved_directory(demo, full_run: Path) -> None:
-    """SIGKILL the trainer as it enters a checkpoint write (step 1), the weight sync (step 2),
-    training (step 3) and the rollout (step 4), read from the run's status.json, resuming after each
+def engines_of(model_dir: Path) -> set[int]:
+    """Process groups of live SGLang servers of `model_dir`: one per engine (its helpers share it)."""
+    groups = set()
+    for pid in sglang_servers_of(model_dir):
+        with contextlib.suppress(ProcessLookupError):
+            groups.add(os.getpgid(pid))
+    return groups
+
+
+GENERATE = '"POST /generate HTTP/1.1" 200'
+READY = "The server is fired up and ready to roll!"  # after its one warm-up /generate
+
+
+def test_sigkill_in_each_phase_and_the_explorer_hand_over_then_resume_in_a_moved_directory(
+    demo, full_run: Path
+) -> None:
+    """SIGKILL the trainer as it enters a checkpoint write (step 1), the weight sync (step 2), the
+    rollout (step 4) and training (step 4), read from the run's status.json, resuming after each
     kill; after the third, the run directory is moved and resumed there. The run finishes in the new
     place with every step logged exactly once, its last checkpoint in place, no engine of any killed
     trainer left running, and the same schedule, data order and weight versions as an uninterrupted
-    run."""
+    run.
+
+    The run hands the explorer's core over after T_mix (`rollout.explorer_hand_over`, off in the
+    demo's config): steps 1-2 carry explorer samples (G_w = 4, 2), so at step 3 the explorer engine
+    is stopped and a second learner engine starts on its core, synced to the weights after step 2,
+    and serves part of step 3's rollout; the runs resumed after step 3 start no explorer engine and
+    two learner engines."""
     root = full_run.parent
     run_dir = root / "chaos"
-    args = [*overrides(demo, root, "chaos"), "checkpoint.every_steps=1"]  # eval at steps 0, 2, 4
+    args = [
+        *overrides(demo, root, "chaos"),
+        "checkpoint.every_steps=1",  # eval at steps 0, 2, 4
+        "rollout.explorer_hand_over=true",
+        "rollout.client.batch_size=2",  # requests of 2 samples: both learner engines get some
+    ]
+    assert [s2l_split(step, T_MIX, GROUP)[0] for step in range(1, STEPS + 1)] == [4, 2, 0, 0]
     proc = s2l("train", "--config", "yaml/demo-cpu.yaml", *args)
-    seen = []
-    for target in ((1, "checkpoint"), (2, "sync"), (3, "train"), (4, "rollout")):
+    targets = ((1, "checkpoint"), (2, "sync"), (4, "rollout"), (4, "train"))
+    for target in targets:
+        if target == (4, "rollout"):
+            wait_for_phase(proc, run_dir, (T_MIX, "rollout"))  # after the hand-over of step T_MIX
+            assert not sglang_servers_of(demo.explorer_dir), "the explorer engine outlived the hand-over"
+            assert len(engines_of(demo.learner_dir)) == 2
         wait_for_phase(proc, run_dir, target)
-        seen.append(target)
-        kill_trainer(proc, demo.learner_dir)
-        if target == (3, "train"):
+        if target[0] < T_MIX:
+            assert len(engines_of(demo.explorer_dir)) == 1 and len(engines_of(demo.learner_dir)) == 1
+        else:  # a run resumed after the hand-over starts in its layout
+            assert not sglang_servers_of(demo.explorer_dir) and len(engines_of(demo.learner_dir)) == 2
+        kill_trainer(proc, demo.learner_dir)  # the hand-over's engine dies with the trainer too
+        if target == (4, "rollout"):
             moved = root / "moved"
             shutil.move(run_dir, moved)
             run_dir = moved
@@ -217,16 +253,27 @@ def test_sigkill_in_each_phase_then_resume_in_a_moved_directory(demo, full_run: 
             out, _ = refused.communicate(timeout=120)
             assert refused.returncode == 2 and "a resumed run stays in" in out, out[-2000:]
         proc = s2l("train", "--resume", str(run_dir))
-    finish(proc)
+    out = finish(proc)
+    assert "learner engines: 2 x TP 1" in out and "explorer engines:" not in out, out[-3000:]
     assert not (root / "chaos").exists()  # nothing written to the old place after the move
-    assert len(seen) == 4
     # Each step once, in order; step 0 (the evaluation before training) is not repeated by a resume.
     assert _logged_steps(run_dir) == list(range(STEPS + 1))
     assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{STEPS:06d}"
-    assert any((run_dir / "engine-logs").iterdir())  # engine logs live in the run directory
     records = read_metrics(run_dir)[1:]  # after step 0 (the evaluation before training)
     assert all(math.isfinite(r["loss/total"]) for r in records)
     assert [r["weight_version"] for r in records] == list(range(1, STEPS + 1))
+    for r in records:
+        step, handed_over = r["step"], r["step"] >= T_MIX
+        assert r["rollout/learner_engines"] == (2 if handed_over else 1), step
+        assert r["rollout/explorer_engines"] == (0 if handed_over else 1), step
+        # Step 3 was logged by the run that handed over; step 4 by one that started after it.
+        assert ("time/hand_over" in r) == (step == T_MIX), step
+        assert r["rollout/explorer_samples"] == 2 * s2l_split(step, T_MIX, GROUP)[0]
+        assert r["rollout/stale_learner_samples"] == 0
+    # The hand-over's engine (learner1's first launch in its log) served part of step 3's rollout,
+    # after SGLang's warm-up request.
+    first_launch = re.split(r"^=== ", (run_dir / "engine-logs" / "learner1.log").read_text(), flags=re.M)[1]
+    assert first_launch.split(READY, 1)[1].count(GENERATE) >= 1
 
     full = {r["step"]: r for r in read_metrics(full_run)}
     resumed = {r["step"]: r for r in records}
@@ -321,6 +368,7 @@ def test_eval_of_a_run_checkpoint_and_a_base_model(demo, full_run: Path, tmp_pat
     n = 4
     args = ["--model", f"{full_run}@{STEPS}", "--model", str(demo.learner_dir), "--data", str(demo.eval_file)]
     args += ["--data", str(csqa), "--n", str(n), "--template", "raw", "--log-dir", str(tmp_path / "logs")]
+    args += ["--max-new-tokens", "16"]  # the tiny models ramble to the context's end otherwise
     args += ["--output", str(tmp_path / "r.json"), "--samples", str(tmp_path / "s.jsonl")]
     out = finish(s2l("eval", *args, "--plot", str(tmp_path / "c.png")))
     assert "| model | source | problems | avg@n | pass@1 | pass@2 | pass@4 | maj@n |" in out

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -85,3 +87,30 @@ def test_copy_all_layer_kv_cache_moves_slots_in_every_buffer(shim) -> None:
 def test_speculative_placeholders_refuse_clearly(shim) -> None:
     with pytest.raises(NotImplementedError, match="speculative"):
         shim.build_tree_kernel_efficient_cpu()
+
+
+def test_sglang_still_asks_for_spawn_and_the_server_hook_forks_instead() -> None:
+    """The hook replaces exactly SGLang's one call (`mp.set_start_method("spawn", force=True)` in
+    engine.py, before it starts its scheduler and detokenizer): in a process with the shims on its
+    path a spawn request gives fork, other methods pass through, and a child started after it shares
+    the parent's imports (a module imported only by the parent is already there)."""
+    engine = (SGLANG_ROOT / "srt" / "entrypoints" / "engine.py").read_text()
+    calls = [
+        node
+        for node in ast.walk(ast.parse(engine))
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "set_start_method"
+    ]
+    assert [ast.unparse(c) for c in calls] == ["mp.set_start_method('spawn', force=True)"]
+    probe = (
+        "import multiprocessing as mp, sys\n"
+        "mp.set_start_method('spawn', force=True); first = mp.get_start_method()\n"
+        "import colorsys  # imported here only: a spawned child would not have it\n"
+        "q = mp.Queue(); p = mp.Process(target=lambda: q.put('colorsys' in sys.modules)); p.start()\n"
+        "child_has_it = q.get(timeout=60); p.join()\n"
+        "mp.set_start_method('forkserver', force=True)\n"
+        "print(first, child_has_it, mp.get_start_method())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(CPU_SHIMS_DIR)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["fork", "True", "forkserver"]
