@@ -17,8 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from megatron_s2l.bench.rollout_flops import flops_unit
+
+if TYPE_CHECKING:
+    from megatron_s2l.bench.rollout_measured import BenchEngines, StepRecord
+    from megatron_s2l.config import S2LConfig
 
 # model-mode options that mean nothing for finished runs
 _MODEL_ONLY = (
@@ -220,6 +225,7 @@ def _run_measured(args: argparse.Namespace) -> int:
     csv_path = measured.write_csv(records, out_dir / "rollout_measured.csv")
     png_path = measured.plot_steps(records, out_dir / "rollout_measured.png")
     totals = measured.method_totals(records)
+    calibration_path = _write_calibration(records, engines, cfg, out_dir / "rollout_calibration.json")
     context = {
         "config": str(args.config),
         "learner": cfg.model.learner,
@@ -235,6 +241,7 @@ def _run_measured(args: argparse.Namespace) -> int:
         "grpo_learner_engines": engines.grpo.learner.num_engines,
         "csv": str(csv_path),
         "png": str(png_path),
+        "calibration": str(calibration_path) if calibration_path else None,
     }
     if args.json:
         methods = {m: t.to_dict(totals["grpo"]) for m, t in totals.items()}
@@ -248,4 +255,26 @@ def _run_measured(args: argparse.Namespace) -> int:
     )
     print(measured.format_table(totals, c["engines"]))
     print(f"\nper step: {csv_path}, {png_path}")
+    if calibration_path:
+        print(f"calibration of s2l plan's rollout-time model: {calibration_path} (s2l plan --calibration)")
+    else:
+        print("no calibration written: it needs the engines on GPUs (s2l plan models GPUs)")
     return 0
+
+
+def _write_calibration(
+    records: list[StepRecord], engines: BenchEngines, cfg: S2LConfig, path: Path
+) -> Path | None:
+    """The measured throughputs as `s2l plan --calibration` reads them (GPU runs only)."""
+    import torch
+
+    from megatron_s2l.bench.rollout_measured import calibration_of
+    from megatron_s2l.plan.memory import GIB
+    from megatron_s2l.plan.throughput import write_calibration
+
+    if cfg.rollout.learner.engine.resolved_device() != "cuda" or not torch.cuda.is_available():
+        return None
+    device = torch.cuda.get_device_name(0)
+    gpu_mem_gib = torch.cuda.get_device_properties(0).total_memory / GIB
+    calibration = calibration_of(records, engines, cfg, device, gpu_mem_gib)
+    return write_calibration(path, calibration) if calibration.models else None

@@ -8,7 +8,9 @@ hardware: GRPO's learner engines take the devices S2L-PO gives its explorer too 
 The learner engines keep the base weights, which changes what is generated but not what generating
 a token costs. Per method and step:
 samples and tokens by source, wall seconds, and generation FLOPs (rollout_flops.py) from the
-measured counts. Engines, tokenizer and data are imported inside `measure_rollouts` only.
+measured counts. Engines, tokenizer and data are imported inside `measure_rollouts` only. On GPUs
+the measured tokens/s per engine GPU also become a calibration of `s2l plan`'s rollout-time model
+(`calibration_of`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from megatron_s2l.archs import ModelArch, load_arch
-from megatron_s2l.bench.rollout_flops import flops_unit, generation_flops
+from megatron_s2l.bench.rollout_flops import flops_unit, generation_flops, mean_keys
+from megatron_s2l.plan.memory import default_mem_fraction
+from megatron_s2l.plan.throughput import Calibration, Throughput, model_key
 from megatron_s2l.rollout.config import EnginePoolConfig, RolloutConfig
 from megatron_s2l.rollout.records import Prompt, RolloutBatch
 
@@ -262,6 +266,44 @@ def plot_steps(records: list[StepRecord], path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# --- calibration of `s2l plan`'s rollout-time model ---------------------------------------------------
+
+
+def calibration_of(
+    records: list[StepRecord], engines: BenchEngines, cfg: S2LConfig, device: str, gpu_mem_gib: float
+) -> Calibration:
+    """Measured output tokens/s per engine GPU of each model, for `s2l plan --calibration`: the
+    learner's from the GRPO steps (its engines alone), the explorer's from the S2L-PO steps whose
+    samples are all the explorer's (step 1 of a mixing schedule). A model without such steps is left
+    out. Each figure keeps the setting it was measured at (TP, pool, mean decode context), which
+    the planner scales from (plan/throughput.py)."""
+    sources = {
+        "learner": ("grpo", engines.grpo.learner, lambda r: True, cfg.model.learner),
+        "explorer": ("s2l", engines.s2l.explorer, lambda r: r.g_learner == 0, cfg.model.explorer),
+    }
+    models = {}
+    for source, (method, pool, keep, model) in sources.items():
+        rows = [r for r in records if r.method == method and r.samples[source] and keep(r)]
+        if not rows:
+            continue
+        samples = sum(r.samples[source] for r in rows)
+        tokens = sum(r.tokens[source] for r in rows)
+        prompt = sum(r.prompt_len * r.samples[source] for r in rows) / samples
+        gpus = pool.num_engines * pool.engine.tp
+        fraction = pool.engine.mem_fraction_static or default_mem_fraction(gpu_mem_gib)
+        models[model_key(load_arch(model))] = Throughput(
+            tokens_per_s=tokens / sum(r.seconds for r in rows) / gpus,
+            tp=pool.engine.tp,
+            pool_gib=fraction * gpu_mem_gib,
+            context=mean_keys(prompt, tokens / samples),
+            source=(
+                f"s2l bench rollout --measured: {METHOD_NAMES[method]} steps "
+                f"{', '.join(str(r.step) for r in rows)}, {source} {pool.num_engines} x TP {pool.engine.tp}"
+            ),
+        )
+    return Calibration(device=device, gpu_mem_gib=gpu_mem_gib, models=models)
 
 
 # --- equal hardware ---------------------------------------------------------------------------------

@@ -61,13 +61,28 @@ R is the learner's weights, gradients and optimizer state (all of it: the traine
 state before the engines start), plus the KL reference when it lives on the GPU; with
 `learner.offload_during_rollout` the gradients and optimizer state are on the host then, so R is the
 weights (+ reference), and the host needs the difference in pinned memory per GPU.
+
+Shared placement (`rollout.explorer.placement: shared`, `plan_shared`): each explorer engine runs on
+GPUs of one learner engine (rule: the explorer's TP divides the learner's, and explorer engines x TP
+<= the learner engines' GPUs, so a GPU holds one learner engine and at most one explorer engine). The
+two pools (weights + KV cache, mem_fraction_static x GPU memory each) must fit side by side beside
+SGLang's runtime overhead, SGLANG_DEFAULT_RESERVE_GIB per engine:
+    learner fraction + explorer fraction <= (GPU memory - 2 x SGLANG_DEFAULT_RESERVE_GIB) / GPU memory
+    each fraction >= (its weights per GPU + one sequence's KV cache) / GPU memory       ("needed")
+An unset fraction is computed: its need plus a share of what both needs leave, in proportion to the
+KV cache the pool fills over the run (its samples over the schedule x max_new_tokens x KV bytes per
+token). This takes mem_fraction_static as a fraction of the GPU's total memory: true when the two
+engines start together; SGLang 0.5.23 sizes a pool from the memory free at its start (above), so an
+engine started after the other gets less than planned, never more.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
+from megatron_s2l.algo.schedule import ScheduleConfig, s2l_schedule
 from megatron_s2l.archs import ModelArch
 from megatron_s2l.kernels import default_chunk_size
 from megatron_s2l.learner.hf_config import padded_vocab_size
@@ -76,7 +91,7 @@ from megatron_s2l.learner.parallel import check_parallel_sizes
 
 if TYPE_CHECKING:
     from megatron_s2l.config import S2LConfig
-    from megatron_s2l.rollout.config import EnginePoolConfig
+    from megatron_s2l.rollout.config import EngineConfig, EnginePoolConfig
 
 GIB = 2**30
 MAIN_GRAD_BYTES = 4
@@ -207,6 +222,29 @@ class ColocatedPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedPlan:
+    """Explorer and learner engines on the same GPUs (`rollout.explorer.placement: shared`): the
+    mem_fraction_static of each pool (module doc)."""
+
+    free_fraction: float
+    """What both pools may take together: GPU memory less SGLang's overhead per engine, as a fraction."""
+    needed: dict[str, float]
+    """Per pool, the smallest fraction that holds its weights per GPU and one sequence's KV cache."""
+    fractions: dict[str, float]
+    """Per pool, the fraction planned: the configured one, else computed (`computed`)."""
+    computed: dict[str, bool]
+    reasons: list[str]
+    """Why the placement does not work (empty when it does)."""
+
+    @property
+    def fits(self) -> bool:
+        return not self.reasons
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "fits": self.fits}
+
+
+@dataclass(frozen=True, slots=True)
 class RunPlan:
     """The learner and every engine pool a run starts, against one GPU's memory."""
 
@@ -217,6 +255,8 @@ class RunPlan:
     """Why the plan does not fit (empty when it does)."""
     colocated: ColocatedPlan | None = None
     """The learner engines on the learner's GPUs (`rollout.colocate`); None otherwise."""
+    shared: SharedPlan | None = None
+    """The explorer engines on the learner engines' GPUs (`rollout.explorer.placement`); None otherwise."""
 
     @property
     def fits(self) -> bool:
@@ -225,8 +265,10 @@ class RunPlan:
     @property
     def gpus(self) -> dict[str, int]:
         learner = self.learner.setup
-        own = [e for e in self.engines if not (self.colocated and e.pool == "learner")]
-        engines = sum(e.num_engines * e.tp for e in own)  # colocated engines take no GPU of their own
+        guests = {"learner"} if self.colocated else set()
+        guests |= {"explorer"} if self.shared else set()
+        own = [e for e in self.engines if e.pool not in guests]
+        engines = sum(e.num_engines * e.tp for e in own)  # guests take no GPU of their own
         total = learner.tp * learner.pp * learner.dp + engines
         return {"learner": total - engines, "engines": engines, "total": total}
 
@@ -239,6 +281,7 @@ class RunPlan:
             "learner": self.learner.to_dict(),
             "engines": [e.to_dict() for e in self.engines],
             "colocated": self.colocated.to_dict() if self.colocated else None,
+            "shared": self.shared.to_dict() if self.shared else None,
         }
 
 
@@ -371,6 +414,22 @@ def dtype_bytes(dtype: str) -> int:
     return _DTYPE_BYTES[dtype]
 
 
+def engine_weights_bytes(arch: ModelArch, engine: EngineConfig) -> float:
+    """One GPU's share of a server's weights."""
+    return arch.param_count() * dtype_bytes(engine.dtype) / engine.tp
+
+
+def kv_bytes_per_token(arch: ModelArch, tp: int, width: int = 2) -> int:
+    """One GPU's share of a token's K and V cache in a server of TP `tp` (`width` bytes a value)."""
+    kv_heads = max(1, arch.num_key_value_heads // tp)  # TP > KV heads: SGLang replicates them
+    return 2 * arch.num_hidden_layers * kv_heads * arch.head_dim * width
+
+
+def default_mem_fraction(gpu_mem_gib: float) -> float:
+    """SGLang's mem_fraction_static when unset: it depends on the device's capacity, not on what is free."""
+    return max(gpu_mem_gib - SGLANG_DEFAULT_RESERVE_GIB, 0) / gpu_mem_gib
+
+
 def plan_engine_pool(
     pool: str,
     arch: ModelArch,
@@ -378,18 +437,18 @@ def plan_engine_pool(
     seq_tokens: int,
     gpu_mem_gib: float,
     free_at_start_gib: float | None = None,
+    fraction: float | None = None,
 ) -> EnginePlan:
     """`seq_tokens`: prompt + max_new_tokens of the pool's sampling; `free_at_start_gib`: GPU memory
-    free when the engine starts (colocated: less what the learner holds), default all of it."""
+    free when the engine starts (colocated: less what the learner holds), default all of it;
+    `fraction`: the mem_fraction_static to plan with instead of the configured one (shared placement)."""
     engine = cfg.engine
     width = dtype_bytes(engine.dtype)
-    fraction = engine.mem_fraction_static
-    if fraction is None:  # SGLang's default depends on the device's capacity, not on what is free
-        fraction = max(gpu_mem_gib - SGLANG_DEFAULT_RESERVE_GIB, 0) / gpu_mem_gib
+    if fraction is None:
+        fraction = engine.mem_fraction_static or default_mem_fraction(gpu_mem_gib)
     free = gpu_mem_gib if free_at_start_gib is None else free_at_start_gib
-    weights = arch.param_count() * width / engine.tp
-    kv_heads = max(1, arch.num_key_value_heads // engine.tp)  # TP > KV heads: SGLang replicates them
-    kv_per_token = 2 * arch.num_hidden_layers * kv_heads * arch.head_dim * width
+    weights = engine_weights_bytes(arch, engine)
+    kv_per_token = kv_bytes_per_token(arch, engine.tp, width)
     kv_bytes = max(fraction * free * GIB - weights, 0.0)
     kv_tokens = int(kv_bytes // kv_per_token)
     if engine.max_total_tokens is not None:
@@ -451,27 +510,49 @@ def plan_run(
     learner = plan_learner(learner_arch, learner_setup(cfg, learner_arch), gpu_mem_gib)
     prompt = cfg.data.max_prompt_tokens
     rollout = cfg.rollout
+    live = explorer_pool_is_live(cfg)
+    if live and explorer_arch is None:
+        raise ValueError("the explorer pool samples live (schedule.t_mix > 0): give its architecture")
+    shared = None
+    if live and rollout.explorer.placement == "shared":
+        assert explorer_arch is not None
+        shared = plan_shared(cfg, learner_arch, explorer_arch, gpu_mem_gib)
+    fractions = shared.fractions if shared else {}
     seq = prompt + rollout.learner_sampling.max_new_tokens
-    engines = [plan_engine_pool("learner", learner_arch, rollout.learner, seq, gpu_mem_gib)]
-    if explorer_pool_is_live(cfg):
-        if explorer_arch is None:
-            raise ValueError("the explorer pool samples live (schedule.t_mix > 0): give its architecture")
+    engines = [
+        plan_engine_pool(
+            "learner", learner_arch, rollout.learner, seq, gpu_mem_gib, fraction=fractions.get("learner")
+        )
+    ]
+    if live:
+        assert explorer_arch is not None
         seq = prompt + rollout.explorer_sampling.max_new_tokens
-        engines.append(plan_engine_pool("explorer", explorer_arch, rollout.explorer, seq, gpu_mem_gib))
+        explorer = plan_engine_pool(
+            "explorer", explorer_arch, rollout.explorer, seq, gpu_mem_gib, fraction=fractions.get("explorer")
+        )
+        engines.append(explorer)
     reasons = learner_reasons(learner, gpu_mem_gib)
+    if shared and not shared.fits:  # its reasons name the fractions: the engines' would repeat them
+        reasons += shared.reasons
+        engines_to_check = [e for e in engines if e.pool not in fractions]
+    else:
+        engines_to_check = engines
     colocated = None
     if rollout.colocate:
         seq = prompt + rollout.learner_sampling.max_new_tokens
         colocated = plan_colocated(learner, learner_arch, rollout.learner, seq, gpu_mem_gib, cfg)
         engines[0] = colocated.chosen.engine
         reasons += colocated_reasons(colocated, gpu_mem_gib)
-        for engine in engines[1:]:
-            reasons += engine_reasons(engine, gpu_mem_gib)
-    else:
-        for engine in engines:
-            reasons += engine_reasons(engine, gpu_mem_gib)
+        engines_to_check = [e for e in engines_to_check if e.pool != "learner"]
+    for engine in engines_to_check:
+        reasons += engine_reasons(engine, gpu_mem_gib)
     return RunPlan(
-        gpu_mem_gib=gpu_mem_gib, learner=learner, engines=engines, reasons=reasons, colocated=colocated
+        gpu_mem_gib=gpu_mem_gib,
+        learner=learner,
+        engines=engines,
+        reasons=reasons,
+        colocated=colocated,
+        shared=shared,
     )
 
 
@@ -525,6 +606,137 @@ def colocated_reasons(plan: ColocatedPlan, gpu_mem_gib: float) -> list[str]:
             f"the engine holds {plan.offloaded.engine.kv_tokens:,} KV tokens"
         )
     return reasons
+
+
+def run_samples(schedule: ScheduleConfig) -> dict[str, int]:
+    """Samples per prompt each pool generates over the whole run (`s2l_schedule`)."""
+    rows = s2l_schedule(schedule.steps, schedule.t_mix, schedule.group_size, schedule.rounding)
+    return {"explorer": sum(r.g_explorer for r in rows), "learner": sum(r.g_learner for r in rows)}
+
+
+def plan_shared(
+    cfg: S2LConfig,
+    learner_arch: ModelArch,
+    explorer_arch: ModelArch,
+    gpu_mem_gib: float,
+    use_configured: bool = True,
+) -> SharedPlan:
+    """The explorer engines on the learner engines' GPUs (module doc): each pool's mem_fraction_static,
+    configured or computed, and why it does not work. `use_configured` False computes both fractions
+    (what `s2l plan` compares a dedicated config against)."""
+    rollout, mem = cfg.rollout, gpu_mem_gib * GIB
+    pools = {
+        "learner": (learner_arch, rollout.learner, rollout.learner_sampling),
+        "explorer": (explorer_arch, rollout.explorer, rollout.explorer_sampling),
+    }
+    samples = run_samples(cfg.schedule)
+    needed, demand, configured = {}, {}, {}
+    for name, (arch, pool, sampling) in pools.items():
+        engine = pool.engine
+        kv = kv_bytes_per_token(arch, engine.tp, dtype_bytes(engine.dtype))
+        seq = cfg.data.max_prompt_tokens + sampling.max_new_tokens
+        if engine.context_length is not None:
+            seq = min(seq, engine.context_length)
+        needed[name] = (engine_weights_bytes(arch, engine) + seq * kv) / mem
+        demand[name] = samples[name] * sampling.max_new_tokens * engine.tp * kv  # KV bytes over all GPUs
+        configured[name] = engine.mem_fraction_static if use_configured else None
+    free = max(gpu_mem_gib - 2 * SGLANG_DEFAULT_RESERVE_GIB, 0) / gpu_mem_gib
+    fractions = _shared_fractions(free, needed, demand, configured)
+    computed = {name: configured[name] is None for name in pools}
+    suggested = _shared_fractions(free, needed, demand, dict.fromkeys(pools))
+    reasons = _shared_reasons(cfg, free, needed, fractions, computed, suggested, gpu_mem_gib)
+    return SharedPlan(
+        free_fraction=free, needed=needed, fractions=fractions, computed=computed, reasons=reasons
+    )
+
+
+def _floor3(x: float) -> float:
+    return math.floor(x * 1000) / 1000
+
+
+def _shared_fractions(
+    free: float, needed: dict[str, float], demand: dict[str, float], configured: dict[str, float | None]
+) -> dict[str, float]:
+    """Configured fractions as they are; an unset one takes what the other leaves, or, both unset,
+    its need plus a share of the rest in proportion to its KV demand (rounded down to 0.001)."""
+    given = {name: value for name, value in configured.items() if value is not None}
+    unset = [name for name in configured if name not in given]
+    if len(unset) == 1:
+        return {**given, unset[0]: _floor3(free - sum(given.values()))}
+    if not unset:
+        return given
+    spare = max(free - sum(needed.values()), 0.0)
+    total = sum(demand.values()) or 1.0
+    return {name: max(_floor3(needed[name] + spare * demand[name] / total), needed[name]) for name in needed}
+
+
+def _shared_reasons(
+    cfg: S2LConfig,
+    free: float,
+    needed: dict[str, float],
+    fractions: dict[str, float],
+    computed: dict[str, bool],
+    suggested: dict[str, float],
+    gpu_mem_gib: float,
+) -> list[str]:
+    rollout = cfg.rollout
+    learner, explorer = rollout.learner, rollout.explorer
+    where = "rollout.explorer.placement shared"
+    reasons = []
+    if learner.engine.tp % explorer.engine.tp:
+        reasons.append(
+            f"{where} puts each explorer engine on GPUs of one learner engine: rollout.explorer.engine.tp "
+            f"({explorer.engine.tp}) must divide rollout.learner.engine.tp ({learner.engine.tp})"
+        )
+    learner_gpus = learner.num_engines * learner.engine.tp
+    explorer_gpus = explorer.num_engines * explorer.engine.tp
+    if explorer_gpus > learner_gpus:
+        reasons.append(
+            f"{where}: the explorer engines ({explorer.num_engines} x TP {explorer.engine.tp}) need "
+            f"{explorer_gpus} GPUs, the learner engines have {learner_gpus} (one explorer engine per GPU at "
+            "most): lower rollout.explorer.num_engines"
+        )
+    if rollout.colocate:
+        reasons.append(f"{where} with rollout.colocate: the learner engines share the learner's GPUs already")
+    keys = {name: f"rollout.{name}.engine.mem_fraction_static" for name in needed}
+    needs = ", ".join(f"{keys[name]} >= {needed[name]:.3f}" for name in needed)
+    budget = (
+        f"{free:.3f} of {gpu_mem_gib:g} GiB is left for both after SGLang's "
+        f"{SGLANG_DEFAULT_RESERVE_GIB} GiB per engine"
+    )
+    if sum(needed.values()) > free:
+        reasons.append(
+            f"{where}: the two engines do not fit on one GPU: their weights and one sequence's KV cache "
+            f"need {needs}; {budget} (use placement dedicated, a larger TP or shorter sequences)"
+        )
+        return reasons
+    if sum(fractions.values()) > free + 1e-9:
+        set_ = " + ".join(f"{keys[name]} {fractions[name]:g}" for name in fractions if not computed[name])
+        reasons.append(
+            f"{where}: {set_} = {sum(fractions.values()):.3f} exceeds what fits: {budget} "
+            f"(each needs at least: {needs}; unset both and s2l plan computes "
+            f"{' and '.join(f'{keys[name]}={suggested[name]:g}' for name in suggested)})"
+        )
+    for name, fraction in fractions.items():
+        if fraction < needed[name]:
+            reasons.append(
+                f"{where}: {keys[name]} {fraction:g} is below the {needed[name]:.3f} the {name} engine needs "
+                "for its weights and one sequence's KV cache"
+            )
+    return reasons
+
+
+def shared_placement_reasons(
+    cfg: S2LConfig, learner_arch: ModelArch, explorer_arch: ModelArch | None, gpu_mem_gib: float
+) -> list[str]:
+    """Why the run's shared placement (`rollout.explorer.placement: shared`) cannot work on GPUs of
+    `gpu_mem_gib`: for a pre-flight check before any server starts (empty when the explorer pool is
+    dedicated or not live). `s2l train`'s pre-flight gets these through `plan_run`."""
+    if not explorer_pool_is_live(cfg) or cfg.rollout.explorer.placement != "shared":
+        return []
+    if explorer_arch is None:
+        raise ValueError("the explorer pool samples live (schedule.t_mix > 0): give its architecture")
+    return plan_shared(cfg, learner_arch, explorer_arch, gpu_mem_gib).reasons
 
 
 def explorer_pool_is_live(cfg: S2LConfig) -> bool:

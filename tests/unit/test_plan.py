@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -294,3 +295,109 @@ def test_single_node_smoke_fits_one_node(capsys: pytest.CaptureFixture[str]) -> 
     assert status == 0 and out["fits"] and out["reasons"] == [], out["reasons"]
     assert out["gpus"] == {"learner": 4, "engines": 3 + 1, "total": 8}
     assert out["learner"]["params_per_gpu"] == load_arch("qwen3-1.7b").param_count()  # TP 1: all of it
+
+
+SHARED = ["rollout.explorer.placement=shared"]
+UNSET = [
+    "rollout.learner.engine.mem_fraction_static=null",
+    "rollout.explorer.engine.mem_fraction_static=null",
+]
+
+
+def test_shared_placement_fractions_by_hand(capsys: pytest.CaptureFixture[str]) -> None:
+    """8B (3 engines x TP 2) with the 1.7B explorer (2 x TP 1) on its GPUs, both fractions unset. Each
+    engine needs its weights per GPU and one sequence (2,048 + 8,192 tokens) of KV cache; together
+    they may take 80 GiB less SGLang's 10 GiB per engine; the rest goes by KV demand over the run
+    (samples x 8,192 tokens x TP x KV bytes per token per GPU)."""
+    status, out = plan(capsys, CONFIG_8B, *SHARED, *UNSET)
+    assert status == 0 and out["fits"], out["reasons"]
+    mem = 80 * GIB
+    p17 = load_arch("qwen3-1.7b").param_count()
+    kv = {"learner": 2 * 36 * 4 * 128 * 2, "explorer": 2 * 28 * 8 * 128 * 2}  # per GPU: 73,728; 114,688
+    needed = {
+        "learner": (8_190_735_360 + 10_240 * kv["learner"]) / mem,
+        "explorer": (p17 * 2 + 10_240 * kv["explorer"]) / mem,
+    }
+    # Algorithm 1 over 300 steps, T_mix 100, G 8: G_w = ceil((100 - i) x 8 / 99) at steps 1..99
+    explorer_samples = sum(-(-(100 - i) * 8 // 99) for i in range(1, 100))
+    samples = {"explorer": explorer_samples, "learner": 300 * 8 - explorer_samples}
+    demand = {name: samples[name] * 8192 * {"learner": 2, "explorer": 1}[name] * kv[name] for name in kv}
+    spare = (80 - 20) / 80 - sum(needed.values())
+    fractions = {
+        name: math.floor((needed[name] + spare * demand[name] / sum(demand.values())) * 1000) / 1000
+        for name in kv
+    }
+    shared = out["shared"]
+    assert shared["needed"] == pytest.approx(needed) and shared["fractions"] == fractions
+    assert shared["computed"] == {"learner": True, "explorer": True}
+    assert sum(fractions.values()) <= 0.75
+    learner_pool, explorer_pool = out["engines"]
+    assert learner_pool["mem_fraction_static"] == fractions["learner"]
+    assert explorer_pool["kv_tokens"] == int((fractions["explorer"] * mem - p17 * 2) // kv["explorer"])
+    assert out["gpus"] == {"learner": 8, "engines": 6, "total": 14}  # the explorer has no GPU of its own
+    # configured fractions that fit are used as they are (and a second plan gives the same)
+    for _ in range(2):
+        overrides = [
+            "rollout.learner.engine.mem_fraction_static=0.6",
+            "rollout.explorer.engine.mem_fraction_static=0.15",
+        ]
+        status, out = plan(capsys, CONFIG_8B, *SHARED, *overrides)
+        assert status == 0 and out["shared"]["fractions"] == {"learner": 0.6, "explorer": 0.15}
+
+
+def test_shared_placement_refusals_name_the_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out = plan(capsys, CONFIG_8B, *SHARED)  # the yaml's 0.8 + 0.8
+    assert status == EXIT_DOES_NOT_FIT
+    (reason,) = out["reasons"]
+    assert reason.startswith("rollout.explorer.placement shared: ")
+    assert (
+        "rollout.learner.engine.mem_fraction_static 0.8 + rollout.explorer.engine.mem_fraction_static 0.8"
+        in reason
+    )
+    _, unset = plan(capsys, CONFIG_8B, *SHARED, *UNSET)  # what the reason suggests is what s2l plan computes
+    computed = unset["shared"]["fractions"]
+    assert f"rollout.explorer.engine.mem_fraction_static={computed['explorer']:g}" in reason
+    assert f"rollout.learner.engine.mem_fraction_static={computed['learner']:g}" in reason
+    # one set: the other takes what is left, here less than the explorer needs
+    status, out = plan(
+        capsys,
+        CONFIG_8B,
+        *SHARED,
+        "rollout.learner.engine.mem_fraction_static=0.7",
+        "rollout.explorer.engine.mem_fraction_static=null",
+    )
+    assert status == EXIT_DOES_NOT_FIT and out["shared"]["fractions"]["explorer"] == 0.05
+    assert any("rollout.explorer.engine.mem_fraction_static 0.05 is below" in r for r in out["reasons"])
+    # the explorer's TP must divide the learner's; at most one explorer engine per learner GPU
+    status, out = plan(capsys, CONFIG_8B, *SHARED, *UNSET, "rollout.explorer.engine.tp=4")
+    assert status == EXIT_DOES_NOT_FIT
+    assert any(
+        "rollout.explorer.engine.tp (4) must divide rollout.learner.engine.tp (2)" in r
+        for r in out["reasons"]
+    )
+    status, out = plan(capsys, CONFIG_8B, *SHARED, *UNSET, "rollout.explorer.num_engines=7")
+    assert any("need 7 GPUs, the learner engines have 6" in r for r in out["reasons"])
+    # 24 GiB GPUs: 4 GiB left for both pools, less than the two engines' weights
+    status, out = plan(capsys, CONFIG_14B, *SHARED, *UNSET, "--gpu-mem-gib", "24")
+    assert any("the two engines do not fit on one GPU" in r for r in out["reasons"])
+
+
+def test_preflight_refuses_a_shared_placement_that_does_not_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    """What `s2l train` runs before any server starts (on a GPU node): the memory plan, which carries
+    `shared_placement_reasons`."""
+    from megatron_s2l.config import load_config
+    from megatron_s2l.configio import ConfigError
+    from megatron_s2l.plan.memory import shared_placement_reasons
+    from megatron_s2l.train_cli import check_memory_plan
+
+    names = ["model.learner=qwen3-8b", "model.explorer=qwen3-1.7b"]
+    cfg = load_config(CONFIG_8B, [*names, *SHARED])
+    learner, explorer = load_arch("qwen3-8b"), load_arch("qwen3-1.7b")
+    (reason,) = shared_placement_reasons(cfg, learner, explorer, 80.0)
+    with pytest.raises(ConfigError) as refused:
+        check_memory_plan(cfg, 80.0)
+    assert reason in str(refused.value)
+    capsys.readouterr()
+    assert shared_placement_reasons(load_config(CONFIG_8B, names), learner, explorer, 80.0) == []
+    check_memory_plan(load_config(CONFIG_8B, [*names, *SHARED, *UNSET]), 80.0)
+    assert "shared (rollout.explorer.placement)" in capsys.readouterr().out
