@@ -133,9 +133,10 @@ def test_engine_cores_follow_the_lists(pools, available, reserved, expected) -> 
 
 
 def test_engine_cores_at_scale_are_disjoint_and_use_every_free_core() -> None:
-    """128 cores, ranks on 0-63: 3 + 5 dedicated engines over the other 64, twice the engines of
-    another run; each engine's share within one core of the others'."""
-    for learner, explorer in ((3, 5), (6, 10), (64, 64), (100, 100)):
+    """128 cores, ranks on 0-63: 7, 16, 128 and 200 dedicated engines over the other 64 cores. Every
+    free core is used; up to 64 engines the sets are disjoint and within one core of each other
+    (more engines than cores: one core each, round-robin)."""
+    for learner, explorer in ((3, 4), (6, 10), (64, 64), (100, 100)):
         plan = plan_engine_cores(
             {"learner": _pool(learner), "explorer": _pool(explorer)}, range(128), range(64)
         )
@@ -522,6 +523,7 @@ def _report_pin(cores: list[int], out_dir: str) -> None:
     Path(out_dir, f"rank{os.environ['LOCAL_RANK']}.json").write_text(json.dumps(report))
 
 
+@pytest.mark.slow
 def test_spawned_learner_ranks_pin_themselves_to_their_share(tmp_path) -> None:
     available = sorted(os.sched_getaffinity(0))
     cores = available[:2]
