@@ -6,6 +6,7 @@ meaning is listed in docs/config.md (generated from the docstrings below by `s2l
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,6 +163,7 @@ class S2LConfig:
             )
         self._validate_mixing_mode()
         self._validate_overlap()
+        self._validate_cpu_cores()
         for part, rows in _batch_sizes(self.schedule, self.algo):
             if not splits(rows):
                 raise ValueError(
@@ -196,6 +198,24 @@ class S2LConfig:
                 "algo.explorer_mini_batch samples applies to the explorer half-steps of schedule.mode "
                 "alternating; schedule.mode combined has none (use algo.explorer_mini_batch prompts)"
             )
+
+    def _validate_cpu_cores(self) -> None:
+        """No core on two lists: the learner ranks' and each pool's engines' (a shared explorer's may
+        overlap the learner engines': it runs on their cores)."""
+        lists = {
+            "learner.cpu_cores": self.learner.cpu_cores,
+            "rollout.learner.cpu_cores": self.rollout.learner.cpu_cores,
+            "rollout.explorer.cpu_cores": self.rollout.explorer.cpu_cores,
+        }
+        shared = self.rollout.explorer.placement == "shared"
+        for (a, cores_a), (b, cores_b) in itertools.combinations(lists.items(), 2):
+            both = sorted(set(cores_a or ()) & set(cores_b or ()))
+            if both and not (shared and a.startswith("rollout.") and b.startswith("rollout.")):
+                raise ValueError(
+                    f"{a} and {b} both list core(s) {both}: each core runs the learner ranks or one "
+                    "pool's engines (rollout.explorer.placement shared puts the explorer's engines on the "
+                    "learner engines' cores)"
+                )
 
     def _validate_overlap(self) -> None:
         if not self.rollout.overlap:

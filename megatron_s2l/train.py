@@ -20,6 +20,7 @@ import torch.distributed as dist
 from megatron_s2l.config import S2LConfig
 from megatron_s2l.learner.learner import Learner
 from megatron_s2l.learner.offload import prepare_learner_for_colocation
+from megatron_s2l.learner.parallel import pin_learner_rank
 from megatron_s2l.rollout.colocate import Colocation
 from megatron_s2l.run.checkpoint import load_latest_run_checkpoint, save_run_checkpoint
 from megatron_s2l.run.hand_over import hand_over_explorer, resumes_after_explorer
@@ -32,6 +33,8 @@ from megatron_s2l.sync.weight_sync import WeightSync, pool_endpoints
 
 
 def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
+    # learner.cpu_cores: before anything starts threads; the engines go on the node's other cores.
+    node_cores = pin_learner_rank(cfg.learner.cpu_cores)
     cfg = run.resolve(cfg)  # engine logs, sync scratch: inside the run directory unless set
     stop = StopSignal.install()  # SIGTERM: finish the step, checkpoint, return (run/stop.py)
     learner = Learner.from_hf(
@@ -50,7 +53,8 @@ def train(cfg: S2LConfig, run: RunDir, *, resume: bool) -> None:
         from megatron_s2l.run.driver import Driver
 
         # A run resumed after its last step with explorer samples starts without explorer engines.
-        driver = Driver(cfg, run, explorer_retired=resume and resumes_after_explorer(cfg, run.checkpoints))
+        retired = resume and resumes_after_explorer(cfg, run.checkpoints)
+        driver = Driver(cfg, run, explorer_retired=retired, node_cores=node_cores)
         driver.log_summary(learner.layout)
     try:
         layout = learner.layout

@@ -65,6 +65,7 @@ def preflight(cfg: S2LConfig) -> None:
     colocate_errors = colocate_config_errors(cfg.rollout, sync_transport=cfg.sync.transport)
     if colocate_errors:
         raise ConfigError("; ".join(colocate_errors))
+    check_layout(cfg, os.sched_getaffinity(0))
     launched = os.environ.get("WORLD_SIZE")
     if launched is not None and int(launched) != cfg.ranks:
         raise ConfigError(f"ranks: the config has {cfg.ranks} learner ranks; the launcher started {launched}")
@@ -73,6 +74,31 @@ def preflight(cfg: S2LConfig) -> None:
     if torch.cuda.is_available():  # the plan is of GPU memory: a CPU run has no such limit
         check_memory_plan(cfg, torch.cuda.get_device_properties(0).total_memory / 2**30)
     _check_prompt_files(cfg)
+
+
+def check_layout(cfg: S2LConfig, available: set[int]) -> None:
+    """The layout keys against this machine (`available`: the process's affinity mask, which the
+    ranks and engines are placed on): every listed core usable, the devices right for
+    `rollout.explorer.placement` and `cpu_cores`, and a core left for every engine (the plan the
+    driver makes, `placement.plan_engine_cores`)."""
+    from megatron_s2l.plan.memory import explorer_pool_is_live
+    from megatron_s2l.rollout.placement import cores_outside, placement_errors, plan_engine_cores
+
+    live_explorer = explorer_pool_is_live(cfg)
+    errors = cores_outside("learner.cpu_cores", cfg.learner.cpu_cores or (), available)
+    errors += placement_errors(cfg.rollout, live_explorer=live_explorer)
+    if not errors:
+        pools = {
+            "learner": cfg.rollout.learner,
+            **({"explorer": cfg.rollout.explorer} if live_explorer else {}),
+        }
+        local = {name: pool for name, pool in pools.items() if not pool.external_urls}
+        try:
+            plan_engine_cores(local, available, cfg.learner.cpu_cores or ())
+        except ValueError as e:
+            errors.append(str(e))
+    if errors:
+        raise ConfigError("; ".join(errors))
 
 
 def check_memory_plan(cfg: S2LConfig, gpu_mem_gib: float) -> None:

@@ -1,12 +1,17 @@
 """Two CPU SGLang engines generating at once, under different thread and core settings.
 
     .venv/bin/python tools/bench_cpu_engines.py [--cache cache/demo] [--samples 64] [--repeats 2]
+    taskset -c 1 .venv/bin/python tools/bench_cpu_engines.py    # the engines' cores only
 
 Starts the demo's explorer and learner engines (built by `s2l demo` into --cache) once per setting
-and times the same requests for each engine alone and for both at once. Settings: OpenMP's defaults
-(every engine one thread per core), `OMP_WAIT_POLICY=PASSIVE`, one thread each, and one thread each
-pinned to disjoint cores (`megatron_s2l.rollout.placement.plan_cpu_cores`, what `RolloutEngines`
-does). Prints one markdown row per setting: the fastest of --repeats rounds, seconds.
+and times the same requests for each engine alone and for both at once, on the cores of this
+process's affinity mask (run it under `taskset` to leave some to the learner ranks). Settings:
+unpinned with OpenMP's defaults (every engine one thread per core) or one thread each; pinned as
+`RolloutEngines` places them (`placement.plan_engine_cores`): `dedicated` (disjoint cores, one thread
+per core) or `shared` (`rollout.explorer.placement: shared`: both on the same cores) with OpenMP's
+threads waiting passively (`OMP_WAIT_POLICY=PASSIVE`, what `shared` sets), by OpenMP's default
+(spin a while, then sleep) or actively (`OMP_WAIT_POLICY=ACTIVE`: spin). Prints one markdown row per
+setting: the fastest of --repeats rounds, seconds.
 """
 
 from __future__ import annotations
@@ -21,17 +26,20 @@ from pathlib import Path
 from megatron_s2l.data import DataConfig, load_prompt_dataset
 from megatron_s2l.rollout.client import RolloutClient
 from megatron_s2l.rollout.config import ClientConfig, EngineConfig, EnginePoolConfig
-from megatron_s2l.rollout.placement import plan_cpu_cores
+from megatron_s2l.rollout.placement import plan_engine_cores
 from megatron_s2l.rollout.pool import EnginePool
 from megatron_s2l.rollout.records import SampleRequest
 from megatron_s2l.rollout.sampling_params import SamplingConfig
 
-SETTINGS = {
-    "default (one thread per core each, no pinning)": ({}, False),
-    "OMP_WAIT_POLICY=PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE"}, False),
-    "1 thread each": ({"OMP_NUM_THREADS": "1"}, False),
-    "pinned to disjoint cores (RolloutEngines)": ({}, True),
+SETTINGS = {  # name: (environment, placement (None: unpinned), passive wait)
+    "unpinned, OpenMP's defaults (one thread per core each)": ({}, None, False),
+    "unpinned, 1 thread each": ({"OMP_NUM_THREADS": "1"}, None, False),
+    "dedicated: disjoint cores (the default)": ({}, "dedicated", False),
+    "shared cores, OMP_WAIT_POLICY=PASSIVE (placement: shared)": ({}, "shared", True),
+    "shared cores, OpenMP's default wait": ({}, "shared", False),
+    "shared cores, OMP_WAIT_POLICY=ACTIVE": ({"OMP_WAIT_POLICY": "ACTIVE"}, "shared", False),
 }
+LOG_DIR = "logs/bench_cpu_engines"
 
 
 def _time_rounds(pools: list[EnginePool], requests: list[SampleRequest], repeats: int) -> list[float]:
@@ -72,18 +80,24 @@ def main() -> None:
         [str(args.cache / "train.jsonl")], tokenizer, DataConfig(template="raw", shuffle=False)
     ).prompt_ids
     requests = [SampleRequest(f"p{i}", 0, prompts[i % len(prompts)], i) for i in range(args.samples)]
-    engine = EngineConfig(max_total_tokens=16384, context_length=256, max_running_requests=64)
-    print(f"{os.cpu_count()} cores, {args.samples} samples of up to 32 tokens per engine; seconds\n")
+    engine = EngineConfig(device="cpu", max_total_tokens=16384, context_length=256, max_running_requests=64)
+    available = sorted(os.sched_getaffinity(0))
+    print(f"cores {available} of {os.cpu_count()}; {args.samples} samples of up to 32 tokens per engine\n")
     print("| setting | explorer alone | learner alone | both at once |\n|---|---|---|---|")
-    for name, (env, pin) in SETTINGS.items():
+    for name, (env, placement, passive) in SETTINGS.items():
         saved = dict(os.environ)
+        os.environ.pop("OMP_WAIT_POLICY", None)
         os.environ.update(env)  # the servers' environment is a copy of ours
-        cores = plan_cpu_cores([1, 1]) if pin else [None, None]
+        configs = {  # in RolloutEngines' order: the learner's engine takes the first cores
+            "learner": EnginePoolConfig(engine=engine),
+            "explorer": EnginePoolConfig(engine=engine, placement=placement or "dedicated"),
+        }
+        cores = plan_engine_cores(configs, available) if placement else {}
         pools = [
             EnginePool(
-                model, args.cache / model, EnginePoolConfig(engine=engine), "logs/bench_cpu_engines", c
+                model, args.cache / model, configs[model], LOG_DIR, cores.get(model), passive_wait=passive
             )
-            for model, c in zip(("explorer", "learner"), cores, strict=True)
+            for model in ("explorer", "learner")
         ]
         try:
             for pool in pools:

@@ -261,6 +261,11 @@ def _check_options(cfg: S2LConfig, options: LaunchOptions, overrides: list[str])
     for key in overrides:
         if key.split("=", 1)[0].endswith(".external_urls"):
             raise ValueError(f"{key.split('=', 1)[0]}: s2l launch sets the engines' URLs itself")
+    if cfg.rollout.explorer.placement == "shared":
+        raise ValueError(
+            "rollout.explorer.placement: shared puts the explorer's engines on the devices of learner "
+            "engines the trainer starts; s2l launch starts every engine on an engine node (set dedicated)"
+        )
     if cfg.sync.transport == "tensor":
         raise ValueError(
             "sync.transport: `tensor` needs the engines beside the learner; engines on other nodes take "

@@ -27,6 +27,7 @@ from megatron_s2l.learner.hf_loader import load_hf_weights
 from megatron_s2l.learner.model import build_gpt_model, return_hidden_states
 from megatron_s2l.learner.optimizer import OptimizerConfig, build_lr_scheduler, build_optimizer
 from megatron_s2l.learner.parallel import ParallelConfig, ParallelLayout, init_distributed
+from megatron_s2l.rollout.placement import core_list_errors
 
 ParamsDtype = Literal["auto", "float32", "bfloat16"]
 
@@ -60,7 +61,18 @@ class LearnerConfig:
     bf16 weights stay on the GPU (the weight sync and the checkpoint read them). No effect without
     colocate."""
 
+    cpu_cores: list[int] | None = None
+    """The cores the learner ranks of each node run on, split evenly over the node's local ranks
+    (the first ranks take the spare cores): each rank pins itself (and its threads) to its share
+    first thing and runs that many torch threads. The engines then get the cores this list leaves
+    (rollout.*.cpu_cores); the driver's reward workers run on rank 0's share. None: the ranks are
+    not pinned (`s2l train` gives each cores / ranks torch threads) and the engines may use every
+    core."""
+
     def __post_init__(self) -> None:
+        errors = core_list_errors(self.cpu_cores)
+        if errors:
+            raise ValueError("; ".join(errors))
         if self.vocab_pad_multiple < 1:
             raise ValueError(f"vocab_pad_multiple must be >= 1, got {self.vocab_pad_multiple}")
         if self.max_consecutive_skips < 0:

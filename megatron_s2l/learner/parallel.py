@@ -7,6 +7,7 @@ group is created.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -21,6 +22,7 @@ import torch.distributed as dist
 from megatron_s2l.compat import activate_cpu_compat
 from megatron_s2l.logs import configure_logging
 from megatron_s2l.net import find_free_port
+from megatron_s2l.rollout.placement import learner_rank_cores
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +225,7 @@ def _local_rank_main(rank: int, world_size: int, port: int, fn: Callable[..., No
         RANK=str(rank),
         LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
@@ -230,6 +233,24 @@ def _local_rank_main(rank: int, world_size: int, port: int, fn: Callable[..., No
     if not torch.cuda.is_available():  # CPU ranks share the cores instead of each taking all of them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     fn(*args)
+
+
+def pin_learner_rank(cores: list[int] | None) -> frozenset[int]:
+    """Pin this learner rank to its share of `cores` (learner.cpu_cores over this node's LOCAL_RANK
+    of LOCAL_WORLD_SIZE, `placement.learner_rank_cores`) and run that many torch threads; returns
+    the cores the process could use before, over which the driver places its engines. Call it first
+    thing in a rank: threads started later inherit the pin, and those already running (a tokenizer's
+    pool from the pre-flight) are moved too. None: nothing is pinned."""
+    before = frozenset(os.sched_getaffinity(0))
+    if cores is None:
+        return before
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    share = learner_rank_cores(cores, int(os.environ.get("LOCAL_RANK", "0")), local_ranks)
+    for thread in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(thread), share)
+    torch.set_num_threads(len(share))
+    return before
 
 
 def any_rank(flag: bool) -> bool:

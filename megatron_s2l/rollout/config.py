@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from megatron_s2l.rollout.placement import core_list_errors
 from megatron_s2l.rollout.sampling_params import SamplingConfig, default_explorer_sampling
 
 RESERVED_SERVER_FLAGS = ("--host", "--port", "--api-key", "--admin-api-key", "--config")
@@ -147,11 +148,18 @@ class EnginePoolConfig:
     placement: Literal["dedicated", "shared"] = "dedicated"
     """The explorer pool only. `dedicated`: its engines get devices of their own (GPUs after the
     learner engines', or cores of their own on CPU). `shared`: they run on the learner engines'
-    devices (GPU memory split by `engine.mem_fraction_static`, which `s2l plan` computes and checks;
-    on CPU the learner engines' cores), so that whichever pool has work uses the compute."""
+    devices, so that whichever pool has work uses the compute: on GPU explorer engine i on GPUs of
+    learner engine i mod N (its TP must divide the learner's; both pools' `engine.mem_fraction_static`
+    set, `s2l plan` suggests them; the learner engines start first), on CPU on the learner engines'
+    cores with `OMP_WAIT_POLICY=PASSIVE` in both pools' servers. After T_mix the explorer's engines
+    are stopped and none replaces them. Needs both pools started here (no `external_urls`), no
+    `rollout.colocate`."""
     cpu_cores: list[int] | None = None
     """CPU engines: the cores this pool's engines run on (split evenly among them); None: the cores
-    left by the other pool's and the learner's lists, split over every CPU engine of the run."""
+    that `learner.cpu_cores` and the other pool's list leave (shared with the other unset pool; a
+    shared explorer takes the learner engines'). Each must be in the trainer's CPU affinity and in no
+    other list (a shared explorer's must lie within the learner engines' cores). An error on a GPU
+    pool (its servers run on the cores the lists leave) and with `external_urls`."""
 
     def __post_init__(self) -> None:
         if self.num_engines < 1:
@@ -172,6 +180,13 @@ class EnginePoolConfig:
             self.num_engines = len(self.external_urls)
         if self.placement not in ("dedicated", "shared"):
             raise ValueError(f"placement must be 'dedicated' or 'shared', got {self.placement!r}")
+        errors = core_list_errors(self.cpu_cores)
+        if errors:
+            raise ValueError("; ".join(errors))
+        if self.cpu_cores is not None and self.external_urls:
+            raise ValueError(
+                "cpu_cores places the engines started here; those of external_urls run elsewhere"
+            )
 
 
 @dataclass(kw_only=True, slots=True)
@@ -282,3 +297,25 @@ class RolloutConfig:
                 "colocate: the learner engines must be started here, on the learner's GPUs; "
                 "rollout.learner.external_urls attaches servers started elsewhere"
             )
+        self._validate_placement()
+
+    def _validate_placement(self) -> None:
+        if self.learner.placement != "dedicated":
+            raise ValueError(
+                "rollout.learner.placement: only the explorer's engines can be shared (run on the learner "
+                "engines' devices); the learner pool stays dedicated"
+            )
+        if self.explorer.placement != "shared":
+            return
+        if self.colocate:
+            raise ValueError(
+                "rollout.explorer.placement shared with rollout.colocate: the explorer is never colocated "
+                "(colocated learner engines release their GPU memory to the learner while it trains)"
+            )
+        for name in ("explorer", "learner"):
+            if getattr(self, name).external_urls:
+                raise ValueError(
+                    f"rollout.explorer.placement shared: rollout.{name}.external_urls attaches servers "
+                    "started elsewhere; sharing places the explorer's engines on the learner engines "
+                    "started here"
+                )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +27,14 @@ from megatron_s2l.rollout.config import EnginePoolConfig, RolloutConfig
 from megatron_s2l.rollout.explorer_cache import ExplorerCache
 from megatron_s2l.rollout.http import EngineEndpoint, EngineRequestError
 from megatron_s2l.rollout.loop_thread import LoopThread
-from megatron_s2l.rollout.placement import plan_cpu_cores, plan_engine_gpus, regroup_gpus, visible_gpus
+from megatron_s2l.rollout.placement import (
+    placement_errors,
+    plan_engine_cores,
+    plan_engine_gpus,
+    regroup_gpus,
+    share_gpus,
+    visible_gpus,
+)
 from megatron_s2l.rollout.pool import EnginePool, start_side_by_side
 from megatron_s2l.rollout.sampler import S2LGroupSampler
 from megatron_s2l.rollout.tokenizer_check import check_same_tokenizer
@@ -124,12 +131,16 @@ class RolloutEngines:
         learner_model: str | Path,
         learner_ranks: int | None = None,
         explorer_retired: bool = False,
+        cores: Iterable[int] | None = None,
+        learner_cores: list[int] | None = None,
     ) -> None:
         """`learner_ranks`: learner ranks on this node, whose GPUs engines skip (None: this
         process's torchrun count, `_learner_gpus`; 0 where no learner runs). `explorer_retired`:
         start in the layout after `hand_over_explorer` (a run resumed after its last step with
         explorer samples): no explorer engines, and the learner pool has their successors from the
-        start."""
+        start. `cores`: the cores the engines are placed on (None: this process's affinity mask; a
+        learner rank pinned by `learner_cores` passes the mask it had before); `learner_cores`
+        (learner.cpu_cores): the learner ranks' cores, which no engine takes."""
         self.config = config
         self.explorer_model = explorer_model
         if config.log_dir is None:
@@ -137,26 +148,43 @@ class RolloutEngines:
         log_dir = Path(config.log_dir)
         live_explorer = explorer_model is not None and config.explorer_cache_path is None
         learner_pool = config.learner
+        # Before a server that cannot work starts.
+        errors = placement_errors(config, live_explorer=live_explorer)
         if config.colocate:
-            errors = colocate_config_errors(config)  # before a server that cannot work starts
-            if errors:
-                raise ValueError("; ".join(errors))
+            errors += colocate_config_errors(config)
             learner_pool = colocated_pool(config.learner)
+        if errors:
+            raise ValueError("; ".join(errors))
         pools = {"learner": learner_pool, **({"explorer": config.explorer} if live_explorer else {})}
         local = {name: pool for name, pool in pools.items() if not pool.external_urls}
-        # CPU engines of the run get disjoint cores (placement.py: they would thrash otherwise).
+        # CPU engines get cores of their own (placement.py: they would thrash otherwise), or the
+        # learner engines' when the explorer shares them; GPU engines' servers the cores left over.
+        available = os.sched_getaffinity(0) if cores is None else cores
+        cores_of = plan_engine_cores(local, available, learner_cores or ())
         on_cpu = [name for name, pool in local.items() if pool.engine.resolved_device() == "cpu"]
-        cores = dict(zip(on_cpu, plan_cpu_cores([local[name].num_engines for name in on_cpu]), strict=True))
         # GPU engines get GPUs of their own after the learner ranks'; colocated learner engines take
-        # the learner ranks' GPUs instead (the explorer is never colocated).
+        # the learner ranks' GPUs instead (the explorer is never colocated); a shared explorer the
+        # learner engines' (placement.share_gpus).
         colocated = config.colocate and "learner" not in on_cpu
         gpus = {"learner": _gpus_of_the_learner(learner_pool, learner_ranks)} if colocated else {}
-        on_gpu = [name for name in local if name not in on_cpu and name not in gpus]
-        beside = _gpus_beside_the_learner([local[name] for name in on_gpu], learner_ranks)
-        gpus |= dict(zip(on_gpu, beside, strict=True))
+        shared = "explorer" in local and config.explorer.placement == "shared"
+        self._shares_gpus = shared and "explorer" not in on_cpu
+        beside = [
+            name
+            for name in local
+            if name not in on_cpu and name not in gpus and not (self._shares_gpus and name == "explorer")
+        ]
+        beside_gpus = _gpus_beside_the_learner([local[name] for name in beside], learner_ranks)
+        gpus |= dict(zip(beside, beside_gpus, strict=True))
+        if self._shares_gpus:
+            explorer = config.explorer
+            gpus["explorer"] = share_gpus(gpus["learner"], explorer.engine.tp, explorer.num_engines)
         # The explorer's place is planned even when retired, so the learner's engines keep theirs.
-        self._explorer_cores, self._explorer_gpus = cores.get("explorer"), gpus.get("explorer")
+        self._explorer_cores, self._explorer_gpus = cores_of.get("explorer"), gpus.get("explorer")
         self.explorer_retired = live_explorer and explorer_retired
+        # Engines sharing cores: OpenMP threads that wait sleep instead of spinning on the cores the
+        # other pool's engine needs (tools/bench_cpu_engines.py, docs/rollout.md).
+        passive = shared and "explorer" in on_cpu and not self.explorer_retired
         self.explorer = (
             EnginePool(
                 "explorer",
@@ -165,12 +193,19 @@ class RolloutEngines:
                 log_dir,
                 self._explorer_cores,
                 self._explorer_gpus,
+                passive_wait=passive,
             )
             if live_explorer and not explorer_retired
             else None
         )
         self.learner = EnginePool(
-            "learner", learner_model, learner_pool, log_dir, cores.get("learner"), gpus.get("learner")
+            "learner",
+            learner_model,
+            learner_pool,
+            log_dir,
+            cores_of.get("learner"),
+            gpus.get("learner"),
+            passive_wait=passive,
         )
         if self.explorer_retired and not config.explorer.external_urls:
             self.learner.add_engines(*self._successors())  # `start` starts them with the learner's own
@@ -183,14 +218,20 @@ class RolloutEngines:
         """The learner engines that take over the explorer engines' place (this run's, not attached
         ones): (how many, their cores, their GPUs). On CPU one per explorer engine, on its cores; on
         GPU as many as the explorer's GPUs hold at the learner's TP (the rest stay idle). None when
-        the learner's engines are colocated (they share the learner's GPUs, with another transport)
-        or run on another kind of device."""
+        the explorer shared the learner engines' devices (they have them already), when the learner's
+        engines are colocated (they share the learner's GPUs, with another transport) or run on
+        another kind of device."""
         device, tp = self.learner.config.engine.resolved_device(), self.learner.config.engine.tp
-        if self.config.colocate:
+        explorer_device = self.config.explorer.engine.resolved_device()
+        if self.config.explorer.placement == "shared":
+            logger.info("explorer hand-over: the learner engines run on the explorer's devices already")
+        elif self.config.colocate:
             logger.info("explorer hand-over: colocated learner engines take none of the explorer's GPUs")
-        elif self._explorer_cores is not None and device == "cpu":
+        elif device != explorer_device:
+            logger.info("explorer hand-over: the learner engines run on %s, the explorer's did not", device)
+        elif device == "cpu":
             return len(self._explorer_cores), self._explorer_cores, None
-        elif self._explorer_gpus is not None and device == "cuda":
+        else:
             blocks = regroup_gpus(self._explorer_gpus, tp)
             idle = sum(map(len, self._explorer_gpus)) - len(blocks) * tp
             if idle:
@@ -202,8 +243,6 @@ class RolloutEngines:
                     idle,
                 )
             return len(blocks), None, blocks
-        else:
-            logger.info("explorer hand-over: the learner engines run on %s, the explorer's did not", device)
         return 0, None, None
 
     def hand_over_explorer(self) -> HandOver:
@@ -245,10 +284,19 @@ class RolloutEngines:
             check_same_tokenizer(self.explorer_model, self.learner.model_path)
         pools = {"explorer": self.explorer, "learner": self.learner}
         pools = {name: pool for name, pool in pools.items() if pool is not None}
-        try:  # the pools start side by side: their engines have GPUs (or cores) of their own
-            self.startup_seconds = dict(
-                zip(pools, start_side_by_side([p.start for p in pools.values()]), strict=True)
-            )
+        try:
+            if self._shares_gpus and self.explorer is not None:
+                # SGLang sizes a server's memory pool from the GPU memory free when it starts
+                # (sglang/srt/distributed/bootstrap.py measure_pre_model_load_memory; KV budget in
+                # sglang/srt/mem_cache/kv_cache_configurator.py _profile_available_bytes), so two
+                # servers on one GPU start one after the other: the explorer's mem_fraction_static is
+                # of what the learner's leaves. Learner first: the explorer's TP may cover only part
+                # of a learner engine's GPUs, which SGLang's TP memory-balance check would refuse.
+                self.startup_seconds = {"learner": self.learner.start(), "explorer": self.explorer.start()}
+            else:  # side by side: their engines have GPUs (or cores) of their own
+                self.startup_seconds = dict(
+                    zip(pools, start_side_by_side([p.start for p in pools.values()]), strict=True)
+                )
         except BaseException:
             self.stop()
             raise

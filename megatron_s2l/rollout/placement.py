@@ -1,15 +1,26 @@
-"""Where each engine runs. On CPU: which cores each SGLang server may use.
+"""Where each engine and learner rank runs: the cores of each CPU SGLang server and learner rank, the
+GPUs of each GPU server.
 
 Two CPU engines that generate at once, each with as many OpenMP threads as the machine has cores,
 oversubscribe it: on the 2-core development machine the explorer and learner engines of the demo
 took 14.6 s together for what each did alone in 0.3 and 0.6 s (OpenMP threads spin while waiting
 for cores the other engine holds). Pinned to disjoint cores with one thread per core, the two
 together took 0.6 s, no more than the slower one alone (tools/bench_cpu_engines.py, docs/rollout.md).
+
+The config sets the layout (docs/rollout.md, "Layout: cores and GPUs"): `learner.cpu_cores` (the
+learner ranks of each node), `rollout.<pool>.cpu_cores` (that pool's CPU engines; unset pools share
+the cores the lists leave) and `rollout.explorer.placement` (`shared`: the explorer's engines run on
+the learner engines' cores or GPUs).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from megatron_s2l.rollout.config import EnginePoolConfig, RolloutConfig
 
 
 def plan_cpu_cores(engines_per_pool: list[int], cores: list[int] | None = None) -> list[list[frozenset[int]]]:
@@ -37,6 +48,171 @@ def plan_cpu_cores(engines_per_pool: list[int], cores: list[int] | None = None) 
         plan.append(sets[first : first + count])
         first += count
     return plan
+
+
+def core_list_errors(cores: list[int] | None) -> list[str]:
+    """What is wrong with a `cpu_cores` list by itself, before the machine is known: empty, a negative
+    core, a core listed twice."""
+    if cores is None:
+        return []
+    if not cores:
+        return ["cpu_cores is empty (null: the cores the other lists leave)"]
+    errors = [f"cpu_cores: {core} is not a core number" for core in cores if core < 0]
+    repeated = sorted({core for core in cores if cores.count(core) > 1})
+    if repeated:
+        errors.append(f"cpu_cores lists core(s) {repeated} more than once")
+    return errors
+
+
+def cores_outside(key: str, cores: Iterable[int], available: Iterable[int]) -> list[str]:
+    """An error naming `key` and the cores of `cores` that this process may not use (not in
+    `available`, its affinity mask); none when all are usable."""
+    allowed = frozenset(available)
+    outside = sorted(set(cores) - allowed)
+    if not outside:
+        return []
+    return [
+        f"{key}: core(s) {outside} not in this process's CPU affinity (os.sched_getaffinity: cores "
+        f"{sorted(allowed)})"
+    ]
+
+
+def learner_rank_cores(cores: list[int], local_rank: int, local_ranks: int) -> frozenset[int]:
+    """The share of `cores` (learner.cpu_cores) of local rank `local_rank` out of `local_ranks` on
+    this node: near-equal disjoint shares, the first ranks taking the spare cores; ranks share cores
+    round-robin when they outnumber them (`plan_cpu_cores`)."""
+    return plan_cpu_cores([local_ranks], cores=cores)[0][local_rank]
+
+
+def plan_engine_cores(
+    pools: dict[str, EnginePoolConfig], available: Iterable[int], reserved: Iterable[int] = ()
+) -> dict[str, list[frozenset[int]]]:
+    """The cores of every engine of `pools` (those started here, by name: "learner", "explorer"), out
+    of `available` (this process's affinity mask) less `reserved` (the learner ranks' list). A CPU
+    pool with a `cpu_cores` list runs on it; a CPU explorer with `placement: shared` on the learner
+    engines' cores (its list, when it has one, must lie within them); the other CPU pools together on
+    the cores that no list takes. Each CPU pool's cores are split over its engines by
+    `plan_cpu_cores`. GPU pools' servers (their work is on the GPU) each run on all the cores that no
+    list takes. Raises ValueError naming the key: a listed core outside `available`, no core left,
+    a shared explorer's core that no learner engine has."""
+    available = frozenset(available)
+    devices = {name: pool.engine.resolved_device() for name, pool in pools.items()}
+    shared = devices.get("explorer") == "cpu" and pools["explorer"].placement == "shared"
+    on_lists = {
+        name: pool.cpu_cores
+        for name, pool in pools.items()
+        if pool.cpu_cores is not None and devices[name] == "cpu"
+    }
+    errors = [
+        error
+        for name, cores in on_lists.items()
+        for error in cores_outside(f"rollout.{name}.cpu_cores", cores, available)
+    ]
+    if errors:
+        raise ValueError("; ".join(errors))
+    listed = {name: cores for name, cores in on_lists.items() if not (shared and name == "explorer")}
+    rest = [name for name in pools if name not in on_lists and not (shared and name == "explorer")]
+    left = sorted(available.difference(reserved, *listed.values()))
+    if rest and not left:
+        key = f"rollout.{rest[0]}.cpu_cores" if devices[rest[0]] == "cpu" else "learner.cpu_cores"
+        raise ValueError(
+            f"{key}: no core is left for the {rest[0]} engines: this process may use cores "
+            f"{sorted(available)}, and learner.cpu_cores {sorted(reserved)} and rollout.*.cpu_cores "
+            f"{sorted(set().union(*listed.values()))} take them all"
+        )
+    plan = {name: plan_cpu_cores([pools[name].num_engines], cores=cores)[0] for name, cores in listed.items()}
+    split = [name for name in rest if devices[name] == "cpu"]
+    if split:
+        counts = [pools[name].num_engines for name in split]
+        plan |= dict(zip(split, plan_cpu_cores(counts, cores=left), strict=True))
+    plan |= {name: [frozenset(left)] * pools[name].num_engines for name in rest if devices[name] == "cuda"}
+    if shared:
+        plan["explorer"] = _shared_explorer_cores(pools["explorer"], plan["learner"])
+    return {name: plan[name] for name in pools}
+
+
+def _shared_explorer_cores(explorer: EnginePoolConfig, learner: list[frozenset[int]]) -> list[frozenset[int]]:
+    """The cores of the shared explorer's engines: its list, or every learner engine's cores, split
+    over its engines. A listed core that no learner engine has is an error (after the hand-over it
+    would idle: the explorer's engines get no successors with shared placement)."""
+    learner_cores = sorted(frozenset().union(*learner))
+    cores = learner_cores if explorer.cpu_cores is None else explorer.cpu_cores
+    strangers = sorted(set(cores) - set(learner_cores))
+    if strangers:
+        raise ValueError(
+            f"rollout.explorer.cpu_cores: with rollout.explorer.placement shared the explorer's engines "
+            f"run on the learner engines' cores ({learner_cores}); core(s) {strangers} are not theirs"
+        )
+    return plan_cpu_cores([explorer.num_engines], cores=cores)[0]
+
+
+def placement_errors(config: RolloutConfig, *, live_explorer: bool) -> list[str]:
+    """What the layout keys get wrong once each pool's device is known (`engine.device: auto`
+    resolves here): `cpu_cores` on a GPU pool (it places CPU engines only); with the explorer's
+    placement shared, pools on different devices and, on GPU, `shared_gpu_errors`."""
+    pools = {"learner": config.learner, **({"explorer": config.explorer} if live_explorer else {})}
+    devices = {name: pool.engine.resolved_device() for name, pool in pools.items()}
+    errors = [
+        f"rollout.{name}.cpu_cores: the {name} engines run on GPUs, and cpu_cores places CPU engines "
+        "(GPU engines' servers run on the cores learner.cpu_cores leaves): remove it"
+        for name, pool in pools.items()
+        if pool.cpu_cores is not None and devices[name] == "cuda"
+    ]
+    if not live_explorer or config.explorer.placement != "shared":
+        return errors
+    if devices["explorer"] != devices["learner"]:
+        return [
+            *errors,
+            f"rollout.explorer.placement: shared runs the explorer's engines on the learner engines' "
+            f"devices, but the explorer's run on {devices['explorer']} and the learner's on "
+            f"{devices['learner']} (rollout.*.engine.device)",
+        ]
+    return errors + (
+        shared_gpu_errors(config.learner, config.explorer) if devices["learner"] == "cuda" else []
+    )
+
+
+def shared_gpu_errors(learner: EnginePoolConfig, explorer: EnginePoolConfig) -> list[str]:
+    """Why the explorer's engines cannot share the learner engines' GPUs (`share_gpus`): an explorer
+    TP that does not divide the learner's, more explorer engines than the learner engines' GPUs hold,
+    or a `mem_fraction_static` left to SGLang's default (which lets one server take nearly all of a
+    GPU: with two on it, each must be told its share)."""
+    learner_tp, tp = learner.engine.tp, explorer.engine.tp
+    errors = []
+    if learner_tp % tp:
+        errors.append(
+            f"rollout.explorer.engine.tp ({tp}) must divide rollout.learner.engine.tp ({learner_tp}) "
+            "with rollout.explorer.placement shared: each explorer engine runs on GPUs of one learner engine"
+        )
+    elif explorer.num_engines > learner.num_engines * (learner_tp // tp):
+        errors.append(
+            f"rollout.explorer.num_engines ({explorer.num_engines}): with rollout.explorer.placement "
+            f"shared the learner engines' {learner.num_engines * learner_tp} GPUs hold "
+            f"{learner.num_engines * (learner_tp // tp)} explorer engines of TP {tp}, one per {tp} GPUs"
+        )
+    unset = [
+        f"rollout.{name}.engine.mem_fraction_static"
+        for name, pool in (("learner", learner), ("explorer", explorer))
+        if pool.engine.mem_fraction_static is None
+    ]
+    if unset:
+        errors.append(
+            f"{' and '.join(unset)}: must be set with rollout.explorer.placement shared on GPU (two servers "
+            "share each GPU; SGLang's default would let the first take nearly all of it): `s2l plan` "
+            "suggests values"
+        )
+    return errors
+
+
+def share_gpus(learner_blocks: list[list[str]], tp: int, num_engines: int) -> list[list[str]]:
+    """The GPUs of `num_engines` shared explorer engines of TP `tp` (`placement: shared`, checked by
+    `shared_gpu_errors`): engine i on learner engine i mod L's GPUs (L = len(learner_blocks)), the
+    next `tp` of them not yet given to an explorer engine, so that the explorer's engines spread over
+    the learner engines before two share one."""
+    engines = len(learner_blocks)
+    return [
+        learner_blocks[i % engines][(i // engines) * tp : (i // engines + 1) * tp] for i in range(num_engines)
+    ]
 
 
 def visible_gpus() -> list[str]:

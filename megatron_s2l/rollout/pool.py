@@ -52,12 +52,15 @@ class EnginePool:
         cpu_cores: list[frozenset[int]] | None = None,
         gpu_ids: list[list[str]] | None = None,
         generate_key: bool = True,
+        passive_wait: bool = False,
     ) -> None:
-        """`cpu_cores` / `gpu_ids`: each server's cores on CPU, GPUs on CUDA
+        """`cpu_cores` / `gpu_ids`: each server's cores (on CUDA those its processes run on) and GPUs
         (`megatron_s2l.rollout.placement`); None: all it sees. With `config.external_urls` the pool
         attaches to those servers instead of starting its own. `generate_key`: servers started here
-        without `engine.api_key_env` get this process's random key (`server.RUN_API_KEY`)."""
+        without `engine.api_key_env` get this process's random key (`server.RUN_API_KEY`).
+        `passive_wait`: its CPU servers share cores with another pool's (`build_server_env`)."""
         self.name, self.model_path, self.config = name, str(model_path), config
+        self.passive_wait = passive_wait
         self.log_dir = Path(log_dir)
         self._next_index = len(config.external_urls)
         """Index of the next server started here (after any attached ones: names and log files stay
@@ -98,6 +101,7 @@ class EnginePool:
             cpu_cores=cpu_cores,
             gpu_ids=gpu_ids,
             generate_key=self.api_key is not None,  # the pool's key (an attached pool's may be none)
+            passive_wait=self.passive_wait,
         )
 
     @property

@@ -107,10 +107,13 @@ def build_server_env(
     site_dirs: list[str] | None = None,
     cpu_cores: frozenset[int] | None = None,
     gpu_ids: list[str] | None = None,
+    passive_wait: bool = False,
 ) -> dict[str, str]:
     """A server child's environment: on CPU, the CPU engine switch and the stand-ins on PYTHONPATH,
-    and as many OpenMP threads as it has cores when it is given its own (`cpu_cores`); on CUDA, only
-    its own GPUs visible (`gpu_ids`, physical ids: SGLang takes the first GPUs it sees)."""
+    as many OpenMP threads as it has cores when it is given its own (`cpu_cores`), and with
+    `passive_wait` (its cores are shared with another pool's engine) OpenMP threads that sleep
+    while they wait instead of spinning; on CUDA, only its own GPUs visible (`gpu_ids`, physical ids:
+    SGLang's TP rank r takes visible GPU base_gpu_id + r, base 0: sglang/srt/entrypoints/engine.py)."""
     env = dict(os.environ)
     if device == "cuda" and gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
@@ -119,6 +122,8 @@ def build_server_env(
         env["SGLANG_USE_CPU_ENGINE"] = "1"  # without it SGLang's CPU path imports vllm
         if cpu_cores:
             env["OMP_NUM_THREADS"] = str(len(cpu_cores))
+        if passive_wait:
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
         paths = [str(CPU_SHIMS_DIR), *paths]
         if DEFAULT_SERVER_SITE_DIR.is_dir():
             paths.append(str(DEFAULT_SERVER_SITE_DIR))
@@ -508,10 +513,13 @@ class EngineServer(_HttpProcess):
         cpu_cores: frozenset[int] | None = None,
         gpu_ids: list[str] | None = None,
         generate_key: bool = True,
+        passive_wait: bool = False,
     ) -> None:
-        """`port`: 0 takes `config.port` (0 there too: a free one). `cpu_cores` (CPU) / `gpu_ids`
-        (CUDA): the server's own. `generate_key`: without `config.api_key_env`, the server gets
-        `RUN_API_KEY` (False: no key, for `s2l serve` on loopback, whose clients know no key)."""
+        """`port`: 0 takes `config.port` (0 there too: a free one). `cpu_cores`: the cores its
+        processes run on (on CPU its own, one OpenMP thread each); `gpu_ids` (CUDA): its GPUs.
+        `generate_key`: without `config.api_key_env`, the server gets `RUN_API_KEY` (False: no key,
+        for `s2l serve` on loopback, whose clients know no key). `passive_wait`: see
+        `build_server_env`."""
         self.model_path = str(model_path)
         self.config = config
         self.host = config.host
@@ -527,8 +535,7 @@ class EngineServer(_HttpProcess):
         if config.resolved_device() == "cpu":
             check_cpu_server_site(config.server_site_dirs)
         device = config.resolved_device()
-        cpu_cores = cpu_cores if device == "cpu" else None
-        env = build_server_env(device, config.server_site_dirs, cpu_cores, gpu_ids)
+        env = build_server_env(device, config.server_site_dirs, cpu_cores, gpu_ids, passive_wait)
         if "--enable-memory-saver" in cmd:
             # SGLang's /health generates one token by default; on a server that has released its
             # memory (colocated mode: megatron_s2l.rollout.colocate) that would run on unmapped memory.

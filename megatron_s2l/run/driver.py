@@ -74,9 +74,18 @@ class Ahead:
 
 
 class Driver:
-    def __init__(self, cfg: S2LConfig, run: RunDir, *, explorer_retired: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: S2LConfig,
+        run: RunDir,
+        *,
+        explorer_retired: bool = False,
+        node_cores: frozenset[int] | None = None,
+    ) -> None:
         """`explorer_retired`: start the engines in the layout after the explorer's hand-over (a run
-        resumed after its last step with explorer samples: run/hand_over.py)."""
+        resumed after its last step with explorer samples: run/hand_over.py). `node_cores`: the
+        cores the engines are placed on (those this process had before `learner.cpu_cores` pinned
+        it; None: its affinity mask)."""
         from transformers import AutoTokenizer
 
         self.cfg, self.run = cfg, run
@@ -100,6 +109,8 @@ class Driver:
             explorer_model=explorer,
             learner_model=cfg.model.learner,
             explorer_retired=explorer_retired,
+            cores=node_cores,
+            learner_cores=cfg.learner.cpu_cores,
         )
         self.engines.start()
         self.sampler = self.engines.build_sampler(
@@ -373,11 +384,12 @@ class Driver:
         attached = self.engines.explorer is not None and bool(self.cfg.rollout.explorer.external_urls)
         done = self.engines.hand_over_explorer()
         if done.stopped:
+            shared = self.cfg.rollout.explorer.placement == "shared"
             logger.info(
                 "explorer hand-over: stopped the explorer engines %s; learner engines started in their "
                 "place: %s",
                 done.stopped,
-                done.started or "none",
+                done.started or ("none (the learner engines run there already)" if shared else "none"),
             )
         if attached:
             logger.info(
