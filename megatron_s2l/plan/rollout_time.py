@@ -210,19 +210,20 @@ def plan_rollout_time(
     if live:
         assert explorer_arch is not None
         configured = "shared" if shared_config else "dedicated"
-        shared_plan = plan_shared(
-            cfg if shared_config else _shared_everywhere(cfg, engine_gpus),
-            learner_arch,
-            explorer_arch,
-            gpu_mem_gib,
-            use_configured=shared_config,
-        )
-        shared_rates = {name: rate(name, shared_plan.fractions[name]) for name in pools}
-        layouts = [
-            _dedicated(cfg, phases, engine_gpus, explorer_gpus, dedicated_rates, dedicated),
-            _shared(cfg, phases, engine_gpus, shared_config, shared_plan, shared_rates),
-            *layouts,
-        ]
+        dedicated_layout = _dedicated(cfg, phases, engine_gpus, explorer_gpus, dedicated_rates, dedicated)
+        if rollout.colocate:  # the explorer never shares colocated engines' GPUs (rollout/config.py)
+            layouts = [dedicated_layout, *layouts]
+        else:
+            shared_plan = plan_shared(
+                cfg if shared_config else _shared_everywhere(cfg, engine_gpus),
+                learner_arch,
+                explorer_arch,
+                gpu_mem_gib,
+                use_configured=shared_config,
+            )
+            shared_rates = {name: rate(name, shared_plan.fractions[name]) for name in pools}
+            shared_layout = _shared(cfg, phases, engine_gpus, shared_config, shared_plan, shared_rates)
+            layouts = [dedicated_layout, shared_layout, *layouts]
     elif cfg.schedule.t_mix > 0:  # explorer samples from the cache: the learner's engines only
         configured = "dedicated"
         cached = _dedicated(cfg, phases, engine_gpus, 0, dedicated_rates, dedicated)
