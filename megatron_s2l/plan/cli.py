@@ -31,6 +31,7 @@ from megatron_s2l.plan.memory import (
     SharedPlan,
     explorer_pool_is_live,
     plan_run,
+    shared_settings_note,
 )
 from megatron_s2l.plan.rollout_time import RolloutTimePlan, plan_rollout_time
 from megatron_s2l.plan.throughput import (
@@ -52,8 +53,9 @@ PLACEMENT_NOTE = (
 )
 SHARED_NOTE = (
     "rollout.explorer.placement shared: the explorer engines are planned on the learner engines' GPUs "
-    "(explorer TP divides learner TP, one explorer engine per GPU at most), both pools' "
-    "mem_fraction_static side by side; the learner engines take the node's GPUs after its learner ranks'"
+    "(explorer TP divides learner TP, one explorer engine per GPU at most) and start after the learner "
+    "engines: the explorer's mem_fraction_static is a fraction of the memory the learner engines leave; "
+    "the learner engines take the node's GPUs after its learner ranks'"
 )
 MODEL_HEADING = (
     "rollout time per step: a MODEL (decode tokens / (GPUs x output tokens/s per GPU)), not a measurement "
@@ -211,14 +213,14 @@ def format_engines(engines: list[EnginePlan], gpu_mem_gib: float) -> list[str]:
 
 
 def format_shared(plan: SharedPlan) -> list[str]:
-    fractions = " + ".join(
-        f"{name} {plan.fractions[name]:g} ({'computed' if plan.computed[name] else 'configured'}, needs "
-        f">= {plan.needed[name]:.3f})"
-        for name in plan.fractions
+    total = sum(plan.fractions.values())
+    taken = " + ".join(
+        f"{name} {plan.fractions[name]:.3f} (needs >= {plan.needed[name]:.3f})" for name in plan.fractions
     )
     return [
         f"shared (rollout.explorer.placement): explorer engines on the learner engines' GPUs, "
-        f"mem_fraction_static {fractions} <= {plan.free_fraction:.3f} (SGLang keeps "
+        f"{shared_settings_note(plan)}; of GPU memory {taken} = {total:.3f} "
+        f"{'<=' if total <= plan.free_fraction + 1e-9 else '>'} {plan.free_fraction:.3f} (SGLang keeps "
         f"{SGLANG_DEFAULT_RESERVE_GIB} GiB per engine): {'fits' if plan.fits else 'does NOT fit'}",
         "",
     ]
@@ -268,7 +270,7 @@ def format_rollout_time(plan: RolloutTimePlan, calibration: str | None) -> str:
         f"  throughput per GPU, H100 bf16 (table: TP {REFERENCE_TP}, {REFERENCE_POOL_GIB:.1f} GiB pool, "
         f"{REFERENCE_CONTEXT:,.1f}-key context): {figures}",
         f"  calibration: {calibration or 'none (the table)'}",
-        "  each figure scaled to the layout's TP, pool (mem_fraction_static x GPU memory) and decode "
+        "  each figure scaled to the layout's TP, pool (weights + KV cache per GPU) and decode "
         "context (max_prompt_tokens + half the response): "
         + ", ".join(f"{pool} {plan.context[pool]:,.1f} keys" for pool in pools),
         "  decode tokens per step: prompts_per_step x samples per prompt x mean response ("

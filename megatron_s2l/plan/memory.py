@@ -65,21 +65,25 @@ weights (+ reference), and the host needs the difference in pinned memory per GP
 Shared placement (`rollout.explorer.placement: shared`, `plan_shared`): each explorer engine runs on
 GPUs of one learner engine (rule: the explorer's TP divides the learner's, and explorer engines x TP
 <= the learner engines' GPUs, so a GPU holds one learner engine and at most one explorer engine). The
-two pools (weights + KV cache, mem_fraction_static x GPU memory each) must fit side by side beside
-SGLang's runtime overhead, SGLANG_DEFAULT_RESERVE_GIB per engine:
-    learner fraction + explorer fraction <= (GPU memory - 2 x SGLANG_DEFAULT_RESERVE_GIB) / GPU memory
-    each fraction >= (its weights per GPU + one sequence's KV cache) / GPU memory       ("needed")
-An unset fraction is computed: its need plus a share of what both needs leave, in proportion to the
-KV cache the pool fills over the run (its samples over the schedule x max_new_tokens x KV bytes per
-token). This takes mem_fraction_static as a fraction of the GPU's total memory: true when the two
-engines start together; SGLang 0.5.23 sizes a pool from the memory free at its start (above), so an
-engine started after the other gets less than planned, never more.
+learner engine starts first, on an empty GPU, and the explorer's once it is healthy; SGLang sizes a
+pool from the memory free at its start (above), so with r = SGLANG_DEFAULT_RESERVE_GIB / GPU memory
+(the learner engine's memory outside its pool) the pools take, as fractions of GPU memory:
+    learner  f_L = its mem_fraction_static
+    explorer f_E = its mem_fraction_static x (1 - f_L - r)        (`_explorer_base`)
+and must fit side by side beside SGLang's runtime overhead, r per engine:
+    f_L + f_E <= 1 - 2r
+    each f >= (its weights per GPU + one sequence's KV cache) / GPU memory               ("needed")
+An unset mem_fraction_static is computed: one unset takes what the other leaves (f_L + f_E = 1 - 2r,
+solved for it); both unset, the learner gets its need plus its share of what both needs leave, in
+proportion to the KV cache each pool fills over the run (its samples over the schedule x
+max_new_tokens x KV bytes per token), and the explorer what the learner leaves. Values are rounded
+down to 0.001.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from megatron_s2l.algo.schedule import ScheduleConfig, s2l_schedule
@@ -221,17 +225,26 @@ class ColocatedPlan:
         }
 
 
+_SETTING_KEYS = {name: f"rollout.{name}.engine.mem_fraction_static" for name in ("learner", "explorer")}
+
+
 @dataclass(frozen=True, slots=True)
 class SharedPlan:
-    """Explorer and learner engines on the same GPUs (`rollout.explorer.placement: shared`): the
-    mem_fraction_static of each pool (module doc)."""
+    """Explorer and learner engines on the same GPUs (`rollout.explorer.placement: shared`): each
+    pool's mem_fraction_static and the memory it gives (module doc)."""
 
     free_fraction: float
     """What both pools may take together: GPU memory less SGLang's overhead per engine, as a fraction."""
     needed: dict[str, float]
-    """Per pool, the smallest fraction that holds its weights per GPU and one sequence's KV cache."""
+    """Per pool, the smallest fraction of GPU memory that holds its weights per GPU and one sequence's
+    KV cache."""
+    settings: dict[str, float]
+    """Per pool, the mem_fraction_static to configure: the configured one, else computed (`computed`).
+    The explorer's is a fraction of `explorer_base`, not of the GPU."""
     fractions: dict[str, float]
-    """Per pool, the fraction planned: the configured one, else computed (`computed`)."""
+    """Per pool, the GPU memory its weights + KV cache take with `settings`, as a fraction."""
+    explorer_base: float
+    """The memory a learner engine leaves free when the explorer's starts, as a fraction of the GPU."""
     computed: dict[str, bool]
     reasons: list[str]
     """Why the placement does not work (empty when it does)."""
@@ -440,7 +453,8 @@ def plan_engine_pool(
     fraction: float | None = None,
 ) -> EnginePlan:
     """`seq_tokens`: prompt + max_new_tokens of the pool's sampling; `free_at_start_gib`: GPU memory
-    free when the engine starts (colocated: less what the learner holds), default all of it;
+    free when the engine starts (colocated: less what the learner holds; a shared explorer: what the
+    learner engine leaves), default all of it;
     `fraction`: the mem_fraction_static to plan with instead of the configured one (shared placement)."""
     engine = cfg.engine
     width = dtype_bytes(engine.dtype)
@@ -517,24 +531,32 @@ def plan_run(
     if live and rollout.explorer.placement == "shared":
         assert explorer_arch is not None
         shared = plan_shared(cfg, learner_arch, explorer_arch, gpu_mem_gib)
-    fractions = shared.fractions if shared else {}
+    settings = shared.settings if shared else {}
     seq = prompt + rollout.learner_sampling.max_new_tokens
     engines = [
         plan_engine_pool(
-            "learner", learner_arch, rollout.learner, seq, gpu_mem_gib, fraction=fractions.get("learner")
+            "learner", learner_arch, rollout.learner, seq, gpu_mem_gib, fraction=settings.get("learner")
         )
     ]
     if live:
         assert explorer_arch is not None
         seq = prompt + rollout.explorer_sampling.max_new_tokens
+        # shared: SGLang gives the explorer its mem_fraction_static of what the learner engine leaves
+        free_at_start = shared.explorer_base * gpu_mem_gib if shared else None
         explorer = plan_engine_pool(
-            "explorer", explorer_arch, rollout.explorer, seq, gpu_mem_gib, fraction=fractions.get("explorer")
+            "explorer",
+            explorer_arch,
+            rollout.explorer,
+            seq,
+            gpu_mem_gib,
+            free_at_start_gib=free_at_start,
+            fraction=settings.get("explorer"),
         )
         engines.append(explorer)
     reasons = learner_reasons(learner, gpu_mem_gib)
     if shared and not shared.fits:  # its reasons name the fractions: the engines' would repeat them
         reasons += shared.reasons
-        engines_to_check = [e for e in engines if e.pool not in fractions]
+        engines_to_check = [e for e in engines if e.pool not in settings]
     else:
         engines_to_check = engines
     colocated = None
@@ -641,43 +663,68 @@ def plan_shared(
         demand[name] = samples[name] * sampling.max_new_tokens * engine.tp * kv  # KV bytes over all GPUs
         configured[name] = engine.mem_fraction_static if use_configured else None
     free = max(gpu_mem_gib - 2 * SGLANG_DEFAULT_RESERVE_GIB, 0) / gpu_mem_gib
-    fractions = _shared_fractions(free, needed, demand, configured)
-    computed = {name: configured[name] is None for name in pools}
-    suggested = _shared_fractions(free, needed, demand, dict.fromkeys(pools))
-    reasons = _shared_reasons(cfg, free, needed, fractions, computed, suggested, gpu_mem_gib)
-    return SharedPlan(
-        free_fraction=free, needed=needed, fractions=fractions, computed=computed, reasons=reasons
+    reserve = SGLANG_DEFAULT_RESERVE_GIB / gpu_mem_gib
+    settings = _shared_settings(free, reserve, needed, demand, configured)
+    base = _explorer_base(settings["learner"], reserve)
+    plan = SharedPlan(
+        free_fraction=free,
+        needed=needed,
+        settings=settings,
+        fractions={"learner": settings["learner"], "explorer": settings["explorer"] * base},
+        explorer_base=base,
+        computed={name: configured[name] is None for name in pools},
+        reasons=[],
     )
+    suggested = _shared_settings(free, reserve, needed, demand, dict.fromkeys(pools))
+    return replace(plan, reasons=_shared_reasons(cfg, plan, suggested, gpu_mem_gib))
 
 
 def _floor3(x: float) -> float:
     return math.floor(x * 1000) / 1000
 
 
-def _shared_fractions(
-    free: float, needed: dict[str, float], demand: dict[str, float], configured: dict[str, float | None]
+def _explorer_base(learner: float, reserve: float) -> float:
+    """What a learner engine that takes `learner` of its GPU for its pool, and `reserve` beside it,
+    leaves free when the explorer's engine starts: SGLang gives the explorer its mem_fraction_static
+    of this (fractions of GPU memory)."""
+    return max(1 - learner - reserve, 0.0)
+
+
+def _explorer_setting(fraction: float, learner: float, reserve: float) -> float:
+    """The explorer's mem_fraction_static that gives it `fraction` of GPU memory beside a learner
+    engine of mem_fraction_static `learner` (rounded down to 0.001; 0 when nothing is left)."""
+    base = _explorer_base(learner, reserve)
+    return _floor3(fraction / base) if fraction > 0 and base > 0 else 0.0
+
+
+def _shared_settings(
+    free: float,
+    reserve: float,
+    needed: dict[str, float],
+    demand: dict[str, float],
+    configured: dict[str, float | None],
 ) -> dict[str, float]:
-    """Configured fractions as they are; an unset one takes what the other leaves, or, both unset,
-    its need plus a share of the rest in proportion to its KV demand (rounded down to 0.001)."""
-    given = {name: value for name, value in configured.items() if value is not None}
-    unset = [name for name in configured if name not in given]
-    if len(unset) == 1:
-        return {**given, unset[0]: _floor3(free - sum(given.values()))}
-    if not unset:
-        return given
-    spare = max(free - sum(needed.values()), 0.0)
-    total = sum(demand.values()) or 1.0
-    return {name: max(_floor3(needed[name] + spare * demand[name] / total), needed[name]) for name in needed}
+    """Each pool's mem_fraction_static: configured ones as they are; one unset takes what the other
+    leaves of `free`; both unset, the learner its need plus its share of what both needs leave, in
+    proportion to its KV demand (rounded down to 0.001, leaving the explorer a step above its need),
+    and the explorer what is left."""
+    learner, explorer = configured["learner"], configured["explorer"]
+    if learner is None and explorer is None:
+        spare = max(free - sum(needed.values()), 0.0)
+        share = needed["learner"] + spare * demand["learner"] / (sum(demand.values()) or 1.0)
+        learner = max(_floor3(min(share, free - needed["explorer"] - 0.001)), needed["learner"])
+    if learner is not None:
+        if explorer is None:
+            explorer = _explorer_setting(free - learner, learner, reserve)
+        return {"learner": learner, "explorer": explorer}
+    # f_L + explorer x (1 - f_L - reserve) = free, for f_L; none left when the explorer alone would
+    # take it all (this also keeps 1 - explorer > 0).
+    left = free - explorer * (1 - reserve)
+    return {"learner": _floor3(left / (1 - explorer)) if left > 0 else 0.0, "explorer": explorer}
 
 
 def _shared_reasons(
-    cfg: S2LConfig,
-    free: float,
-    needed: dict[str, float],
-    fractions: dict[str, float],
-    computed: dict[str, bool],
-    suggested: dict[str, float],
-    gpu_mem_gib: float,
+    cfg: S2LConfig, plan: SharedPlan, suggested: dict[str, float], gpu_mem_gib: float
 ) -> list[str]:
     rollout = cfg.rollout
     learner, explorer = rollout.learner, rollout.explorer
@@ -698,32 +745,55 @@ def _shared_reasons(
         )
     if rollout.colocate:
         reasons.append(f"{where} with rollout.colocate: the learner engines share the learner's GPUs already")
-    keys = {name: f"rollout.{name}.engine.mem_fraction_static" for name in needed}
-    needs = ", ".join(f"{keys[name]} >= {needed[name]:.3f}" for name in needed)
+    free, needed, fractions = plan.free_fraction, plan.needed, plan.fractions
     budget = (
         f"{free:.3f} of {gpu_mem_gib:g} GiB is left for both after SGLang's "
         f"{SGLANG_DEFAULT_RESERVE_GIB} GiB per engine"
     )
     if sum(needed.values()) > free:
+        needs = " and ".join(f"the {name} engine's {needed[name]:.3f}" for name in needed)
         reasons.append(
             f"{where}: the two engines do not fit on one GPU: their weights and one sequence's KV cache "
-            f"need {needs}; {budget} (use placement dedicated, a larger TP or shorter sequences)"
+            f"need {needs} of its memory; {budget} (use placement dedicated, a larger TP or shorter "
+            "sequences)"
         )
         return reasons
     if sum(fractions.values()) > free + 1e-9:
-        set_ = " + ".join(f"{keys[name]} {fractions[name]:g}" for name in fractions if not computed[name])
+        given = " and ".join(_setting(plan, name) for name in fractions if not plan.computed[name])
+        taken = " + ".join(f"{fractions[name]:.3f}" for name in fractions)
         reasons.append(
-            f"{where}: {set_} = {sum(fractions.values()):.3f} exceeds what fits: {budget} "
-            f"(each needs at least: {needs}; unset both and s2l plan computes "
-            f"{' and '.join(f'{keys[name]}={suggested[name]:g}' for name in suggested)})"
+            f"{where}: with {given} the two pools take {taken} = {sum(fractions.values()):.3f} of GPU "
+            f"memory, more than fits: {budget} (unset both and s2l plan computes "
+            f"{' and '.join(f'{_SETTING_KEYS[name]}={suggested[name]:g}' for name in suggested)})"
         )
     for name, fraction in fractions.items():
         if fraction < needed[name]:
             reasons.append(
-                f"{where}: {keys[name]} {fraction:g} is below the {needed[name]:.3f} the {name} engine needs "
-                "for its weights and one sequence's KV cache"
+                f"{where}: {_setting(plan, name)} gives the {name} engine {fraction:.3f} of GPU memory, less "
+                f"than the {needed[name]:.3f} its weights and one sequence's KV cache need"
             )
     return reasons
+
+
+def shared_settings_note(plan: SharedPlan) -> str:
+    """The two mem_fraction_static values as `s2l plan` prints them."""
+    how = {name: "computed" if plan.computed[name] else "configured" for name in plan.settings}
+    return (
+        f"mem_fraction_static learner {plan.settings['learner']:g} ({how['learner']}), explorer "
+        f"{plan.settings['explorer']:g} ({how['explorer']}; {_explorer_setting_note(plan)})"
+    )
+
+
+def _explorer_setting_note(plan: SharedPlan) -> str:
+    """What the explorer's mem_fraction_static is a fraction of, for messages that name it."""
+    return f"of the memory the learner engines leave, {plan.explorer_base:.3f} of the GPU's"
+
+
+def _setting(plan: SharedPlan, name: str) -> str:
+    """`name`'s config key and value, as a message names it."""
+    notes = ["computed"] if plan.computed[name] else []
+    notes += [_explorer_setting_note(plan)] if name == "explorer" else []
+    return f"{_SETTING_KEYS[name]} {plan.settings[name]:g}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def shared_placement_reasons(

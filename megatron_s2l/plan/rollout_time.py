@@ -9,8 +9,8 @@
   (each pool's max_new_tokens, or one override). Prefill, rewards, dynamic sampling's extra rounds
   and the tail of a rollout (its last long responses decode at a small batch) are not counted.
 - Tokens/s per GPU: throughput.py's figure (or a calibration's), moved to the engine's TP, its
-  pool (mem_fraction_static x GPU memory) and its decode context (max_prompt_tokens + half the
-  mean response).
+  pool (weights + KV cache: mem_fraction_static x GPU memory; for a shared explorer, of what the
+  learner engines leave) and its decode context (max_prompt_tokens + half the mean response).
 - Engine GPUs: the learner's and the explorer's engines (`dedicated`), or the learner's (`shared`).
   On these GPUs:
   - `dedicated`: explorer engines on GPUs of their own, learner engines on the rest; a combined
@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING
 from megatron_s2l.algo.schedule import s2l_schedule
 from megatron_s2l.archs import ModelArch
 from megatron_s2l.bench.rollout_flops import mean_keys
-from megatron_s2l.plan.memory import SharedPlan, default_mem_fraction, explorer_pool_is_live, plan_shared
+from megatron_s2l.plan.memory import (
+    SharedPlan,
+    default_mem_fraction,
+    explorer_pool_is_live,
+    plan_shared,
+    shared_settings_note,
+)
 from megatron_s2l.plan.throughput import Calibration, Throughput, throughput_of
 
 if TYPE_CHECKING:
@@ -71,7 +77,8 @@ class LayoutTime:
     phases: list[PhaseTime]
     """Aligned with RolloutTimePlan.phases."""
     fractions: dict[str, float]
-    """Each pool's mem_fraction_static in this layout."""
+    """Each pool's weights + KV cache in this layout, as a fraction of GPU memory (its
+    mem_fraction_static, but for a shared explorer: memory.SharedPlan)."""
     note: str = ""
 
 
@@ -329,8 +336,4 @@ def _shared(
         )
         for phase in phases
     ]
-    how = ", ".join(
-        f"{name} {plan.fractions[name]:g} ({'computed' if plan.computed[name] else 'configured'})"
-        for name in ("learner", "explorer")
-    )
-    return LayoutTime("shared", rates, times, plan.fractions, f"mem_fraction_static {how}")
+    return LayoutTime("shared", rates, times, plan.fractions, shared_settings_note(plan))

@@ -150,10 +150,10 @@ class EnginePoolConfig:
     learner engines', or cores of their own on CPU). `shared`: they run on the learner engines'
     devices, so that whichever pool has work uses the compute: on GPU explorer engine i on GPUs of
     learner engine i mod N (its TP must divide the learner's; both pools' `engine.mem_fraction_static`
-    set, `s2l plan` suggests them; the learner engines start first), on CPU on the learner engines'
-    cores with `OMP_WAIT_POLICY=PASSIVE` in both pools' servers. After T_mix the explorer's engines
-    are stopped and none replaces them. Needs both pools started here (no `external_urls`), no
-    `rollout.colocate`."""
+    set, the explorer's a fraction of the memory the learner engines leave, as they start first: `s2l
+    plan` prints the values to set), on CPU on the learner engines' cores with
+    `OMP_WAIT_POLICY=PASSIVE` in both pools' servers. After T_mix the explorer's engines are stopped
+    and none replaces them. Needs both pools started here (no `external_urls`), no `rollout.colocate`."""
     cpu_cores: list[int] | None = None
     """CPU engines: the cores this pool's engines run on (split evenly among them); None: the cores
     that `learner.cpu_cores` and the other pool's list leave (shared with the other unset pool; a

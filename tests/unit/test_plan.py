@@ -302,47 +302,134 @@ UNSET = [
     "rollout.learner.engine.mem_fraction_static=null",
     "rollout.explorer.engine.mem_fraction_static=null",
 ]
+LEARNER_KEY = "rollout.learner.engine.mem_fraction_static"
+EXPLORER_KEY = "rollout.explorer.engine.mem_fraction_static"
+R = 10 / 80  # SGLang's 10 GiB per engine on 80 GiB: 0.125 of the GPU
+FREE = 1 - 2 * R  # what both pools may take together: 0.75
+P17 = load_arch("qwen3-1.7b").param_count()
+KV = {"learner": 2 * 36 * 4 * 128 * 2, "explorer": 2 * 28 * 8 * 128 * 2}  # per GPU: 73,728; 114,688
+# 8B (3 engines x TP 2) with the 1.7B explorer (2 x TP 1) on its GPUs: each engine needs its weights
+# per GPU and one sequence (2,048 + 8,192 tokens) of KV cache, as a fraction of 80 GiB
+NEEDED = {
+    "learner": (8_190_735_360 + 10_240 * KV["learner"]) / (80 * GIB),  # 0.104
+    "explorer": (P17 * 2 + 10_240 * KV["explorer"]) / (80 * GIB),  # 0.054
+}
 
 
-def test_shared_placement_fractions_by_hand(capsys: pytest.CaptureFixture[str]) -> None:
-    """8B (3 engines x TP 2) with the 1.7B explorer (2 x TP 1) on its GPUs, both fractions unset. Each
-    engine needs its weights per GPU and one sequence (2,048 + 8,192 tokens) of KV cache; together
-    they may take 80 GiB less SGLang's 10 GiB per engine; the rest goes by KV demand over the run
-    (samples x 8,192 tokens x TP x KV bytes per token per GPU)."""
+def floor3(x: float) -> float:
+    return math.floor(x * 1000) / 1000
+
+
+def configured(learner: float | None, explorer: float | None) -> list[str]:
+    """Overrides that set both mem_fraction_static values (None: unset)."""
+    values = {LEARNER_KEY: learner, EXPLORER_KEY: explorer}
+    return [f"{key}={'null' if value is None else value}" for key, value in values.items()]
+
+
+def test_shared_placement_both_unset_by_hand(capsys: pytest.CaptureFixture[str]) -> None:
+    """Both unset: the learner gets its need plus its share of the rest (0.75 of 80 GiB less both
+    needs) in proportion to its KV demand over the run (samples x 8,192 tokens x TP x KV bytes per
+    token per GPU), rounded down; the explorer what is left, 0.75 - learner of the GPU, as its
+    mem_fraction_static: that over what the learner engine leaves, 1 - learner - 0.125, rounded down
+    (SGLang sizes the explorer, started second, from the memory free then)."""
     status, out = plan(capsys, CONFIG_8B, *SHARED, *UNSET)
     assert status == 0 and out["fits"], out["reasons"]
-    mem = 80 * GIB
-    p17 = load_arch("qwen3-1.7b").param_count()
-    kv = {"learner": 2 * 36 * 4 * 128 * 2, "explorer": 2 * 28 * 8 * 128 * 2}  # per GPU: 73,728; 114,688
-    needed = {
-        "learner": (8_190_735_360 + 10_240 * kv["learner"]) / mem,
-        "explorer": (p17 * 2 + 10_240 * kv["explorer"]) / mem,
-    }
     # Algorithm 1 over 300 steps, T_mix 100, G 8: G_w = ceil((100 - i) x 8 / 99) at steps 1..99
     explorer_samples = sum(-(-(100 - i) * 8 // 99) for i in range(1, 100))
     samples = {"explorer": explorer_samples, "learner": 300 * 8 - explorer_samples}
-    demand = {name: samples[name] * 8192 * {"learner": 2, "explorer": 1}[name] * kv[name] for name in kv}
-    spare = (80 - 20) / 80 - sum(needed.values())
-    fractions = {
-        name: math.floor((needed[name] + spare * demand[name] / sum(demand.values())) * 1000) / 1000
-        for name in kv
-    }
+    demand = {name: samples[name] * 8192 * {"learner": 2, "explorer": 1}[name] * KV[name] for name in KV}
+    spare = FREE - sum(NEEDED.values())
+    learner = floor3(NEEDED["learner"] + spare * demand["learner"] / sum(demand.values()))
+    assert learner == 0.606
+    base = 1 - learner - R  # 0.269 of the GPU free when the explorer starts
+    settings = {"learner": 0.606, "explorer": floor3((FREE - learner) / base)}
+    assert settings["explorer"] == 0.535  # 0.144 of the GPU / 0.269
     shared = out["shared"]
-    assert shared["needed"] == pytest.approx(needed) and shared["fractions"] == fractions
+    assert shared["needed"] == pytest.approx(NEEDED)
+    assert shared["settings"] == settings and shared["explorer_base"] == pytest.approx(base)
+    assert shared["fractions"] == pytest.approx({"learner": 0.606, "explorer": 0.535 * base})
     assert shared["computed"] == {"learner": True, "explorer": True}
-    assert sum(fractions.values()) <= 0.75
-    learner_pool, explorer_pool = out["engines"]
-    assert learner_pool["mem_fraction_static"] == fractions["learner"]
-    assert explorer_pool["kv_tokens"] == int((fractions["explorer"] * mem - p17 * 2) // kv["explorer"])
+    assert FREE - 0.001 < sum(shared["fractions"].values()) <= FREE  # all of it, less rounding down
+    learner_pool, explorer_pool = out["engines"]  # the table shows the values to configure
+    assert (learner_pool["mem_fraction_static"], explorer_pool["mem_fraction_static"]) == (0.606, 0.535)
+    assert explorer_pool["kv_tokens"] == int((0.535 * base * 80 * GIB - P17 * 2) // KV["explorer"])
     assert out["gpus"] == {"learner": 8, "engines": 6, "total": 14}  # the explorer has no GPU of its own
-    # configured fractions that fit are used as they are (and a second plan gives the same)
-    for _ in range(2):
-        overrides = [
-            "rollout.learner.engine.mem_fraction_static=0.6",
-            "rollout.explorer.engine.mem_fraction_static=0.15",
+    # an explorer whose share is under a rounding step (T_mix 2: samples at step 1 only; short
+    # responses) still gets its need: the learner's rounding leaves it a step above it
+    for response in (256, 1024):
+        overrides = ["schedule.t_mix=2", f"rollout.explorer_sampling.max_new_tokens={response}"]
+        status, out = plan(capsys, CONFIG_8B, *SHARED, *UNSET, *overrides)
+        shared = out["shared"]
+        assert status == 0 and shared["fractions"]["explorer"] >= shared["needed"]["explorer"], out["reasons"]
+        assert FREE - 0.001 < sum(shared["fractions"].values()) <= FREE
+
+
+@pytest.mark.parametrize(
+    ("learner", "explorer", "settings", "fractions"),
+    [
+        # both set (the run's case): the explorer's is of the 1 - 0.6 - 0.125 = 0.275 the learner leaves
+        (0.6, 0.5, {"learner": 0.6, "explorer": 0.5}, {"learner": 0.6, "explorer": 0.5 * 0.275}),
+        # learner set: the explorer takes the 0.75 - 0.6 = 0.15 left, 0.15 / 0.275 = 0.5454... of 0.275
+        (0.6, None, {"learner": 0.6, "explorer": 0.545}, {"learner": 0.6, "explorer": 0.545 * 0.275}),
+        # explorer set: f_L = 0.75 - 0.4 x (1 - f_L - 0.125), so f_L = (0.75 - 0.35) / 0.6 = 0.6666...
+        (None, 0.4, {"learner": 0.666, "explorer": 0.4}, {"learner": 0.666, "explorer": 0.4 * 0.209}),
+    ],
+)
+def test_shared_placement_configured_by_hand(
+    capsys: pytest.CaptureFixture[str],
+    learner: float | None,
+    explorer: float | None,
+    settings: dict[str, float],
+    fractions: dict[str, float],
+) -> None:
+    for _ in range(2):  # a second plan gives the same
+        status, out = plan(capsys, CONFIG_8B, *SHARED, *configured(learner, explorer))
+        assert status == 0 and out["fits"], out["reasons"]
+        shared = out["shared"]
+        assert shared["settings"] == settings and shared["fractions"] == pytest.approx(fractions)
+        assert shared["computed"] == {"learner": learner is None, "explorer": explorer is None}
+        if None in (learner, explorer):  # the unset one took what was left (less rounding)
+            assert FREE - 0.001 < sum(fractions.values()) <= FREE
+        assert [e["mem_fraction_static"] for e in out["engines"]] == [
+            settings["learner"],
+            settings["explorer"],
         ]
-        status, out = plan(capsys, CONFIG_8B, *SHARED, *overrides)
-        assert status == 0 and out["shared"]["fractions"] == {"learner": 0.6, "explorer": 0.15}
+
+
+def test_shared_placement_reads_the_explorer_value_as_sglang_does(capsys: pytest.CaptureFixture[str]) -> None:
+    """Beside a learner at 0.6 the explorer gets its value of the 0.275 left: 0.15 would fit as a
+    fraction of the GPU (0.6 + 0.15 = 0.75, 0.15 >= its 0.054) but gives it 0.041, short of its
+    weights and one sequence; 0.545 (0.15 of the GPU) is the most that fits, though 0.6 + 0.545 > 0.75."""
+    status, out = plan(capsys, CONFIG_8B, *SHARED, *configured(0.6, 0.15))
+    assert status == EXIT_DOES_NOT_FIT
+    (reason,) = out["reasons"]
+    assert reason == (
+        f"rollout.explorer.placement shared: {EXPLORER_KEY} 0.15 (of the memory the learner engines "
+        f"leave, 0.275 of the GPU's) gives the explorer engine {0.15 * 0.275:.3f} of GPU memory, less than "
+        f"the {NEEDED['explorer']:.3f} its weights and one sequence's KV cache need"
+    )
+    status, out = plan(capsys, CONFIG_8B, *SHARED, *configured(0.6, 0.545))
+    assert status == 0 and out["fits"], out["reasons"]
+    status, out = plan(capsys, CONFIG_8B, *SHARED, *configured(0.6, 0.546))  # 0.6 + 0.15015 > 0.75
+    assert status == EXIT_DOES_NOT_FIT
+    (reason,) = out["reasons"]
+    assert f"0.600 + {0.546 * 0.275:.3f} = {0.6 + 0.546 * 0.275:.3f} of GPU memory, more than fits" in reason
+
+
+@pytest.mark.parametrize("config", [CONFIG_8B, CONFIG_14B])
+@pytest.mark.parametrize("given", [(None, None), (0.5, None), (None, 0.6)])
+def test_shared_placement_suggested_values_round_trip(
+    capsys: pytest.CaptureFixture[str], config: str, given: tuple[float | None, float | None]
+) -> None:
+    """The values s2l plan computes, configured as they are, give the same memory to each pool."""
+    status, out = plan(capsys, config, *SHARED, *configured(*given))
+    assert status == 0, out["reasons"]
+    suggested = out["shared"]
+    for _ in range(2):
+        status, out = plan(capsys, config, *SHARED, *configured(**suggested["settings"]))
+        assert status == 0 and out["shared"]["settings"] == suggested["settings"]
+        assert out["shared"]["fractions"] == pytest.approx(suggested["fractions"], abs=1e-12)
+        assert out["shared"]["computed"] == {"learner": False, "explorer": False}
 
 
 def test_shared_placement_refusals_name_the_keys(capsys: pytest.CaptureFixture[str]) -> None:
@@ -351,23 +438,34 @@ def test_shared_placement_refusals_name_the_keys(capsys: pytest.CaptureFixture[s
     (reason,) = out["reasons"]
     assert reason.startswith("rollout.explorer.placement shared: ")
     assert (
-        "rollout.learner.engine.mem_fraction_static 0.8 + rollout.explorer.engine.mem_fraction_static 0.8"
-        in reason
+        f"with {LEARNER_KEY} 0.8 and {EXPLORER_KEY} 0.8 (of the memory the learner engines leave, 0.075 of "
+        "the GPU's) the two pools take 0.800 + 0.060 = 0.860 of GPU memory" in reason
     )
-    _, unset = plan(capsys, CONFIG_8B, *SHARED, *UNSET)  # what the reason suggests is what s2l plan computes
-    computed = unset["shared"]["fractions"]
-    assert f"rollout.explorer.engine.mem_fraction_static={computed['explorer']:g}" in reason
-    assert f"rollout.learner.engine.mem_fraction_static={computed['learner']:g}" in reason
+    # what the reason suggests is what s2l plan computes, and fits when configured
+    _, unset = plan(capsys, CONFIG_8B, *SHARED, *UNSET)
+    computed = unset["shared"]["settings"]
+    suggestion = f"{LEARNER_KEY}={computed['learner']:g} and {EXPLORER_KEY}={computed['explorer']:g}"
+    assert reason.endswith(f"(unset both and s2l plan computes {suggestion})")
+    status, out = plan(capsys, CONFIG_8B, *SHARED, *suggestion.split(" and "))
+    assert status == 0 and out["shared"]["fractions"] == pytest.approx(
+        unset["shared"]["fractions"], abs=1e-12
+    )
     # one set: the other takes what is left, here less than the explorer needs
-    status, out = plan(
-        capsys,
-        CONFIG_8B,
-        *SHARED,
-        "rollout.learner.engine.mem_fraction_static=0.7",
-        "rollout.explorer.engine.mem_fraction_static=null",
+    status, out = plan(capsys, CONFIG_8B, *SHARED, *configured(0.7, None))
+    assert status == EXIT_DOES_NOT_FIT and out["shared"]["settings"]["explorer"] == floor3(0.05 / 0.175)
+    assert any(
+        f"{EXPLORER_KEY} 0.285 (computed; of the memory the learner engines leave, 0.175 of the GPU's) gives "
+        "the explorer engine 0.050 of GPU memory" in r
+        for r in out["reasons"]
     )
-    assert status == EXIT_DOES_NOT_FIT and out["shared"]["fractions"]["explorer"] == 0.05
-    assert any("rollout.explorer.engine.mem_fraction_static 0.05 is below" in r for r in out["reasons"])
+    # an explorer that alone takes more than both may: no learner value is left
+    status, out = plan(capsys, CONFIG_8B, *SHARED, *configured(None, 0.9))
+    assert status == EXIT_DOES_NOT_FIT and out["shared"]["settings"] == {"learner": 0.0, "explorer": 0.9}
+    assert any(f"{LEARNER_KEY} 0 (computed) gives the learner engine 0.000" in r for r in out["reasons"])
+    # a learner that leaves the explorer nothing (1 - 0.9 - 0.125 < 0)
+    status, out = plan(capsys, CONFIG_8B, *SHARED, *configured(0.9, None))
+    assert status == EXIT_DOES_NOT_FIT and out["shared"]["explorer_base"] == 0.0
+    assert out["shared"]["settings"]["explorer"] == 0.0
     # the explorer's TP must divide the learner's; at most one explorer engine per learner GPU
     status, out = plan(capsys, CONFIG_8B, *SHARED, *UNSET, "rollout.explorer.engine.tp=4")
     assert status == EXIT_DOES_NOT_FIT
@@ -380,6 +478,7 @@ def test_shared_placement_refusals_name_the_keys(capsys: pytest.CaptureFixture[s
     # 24 GiB GPUs: 4 GiB left for both pools, less than the two engines' weights
     status, out = plan(capsys, CONFIG_14B, *SHARED, *UNSET, "--gpu-mem-gib", "24")
     assert any("the two engines do not fit on one GPU" in r for r in out["reasons"])
+    assert out["shared"]["settings"]["explorer"] == 0.0  # the learner's need alone is over the 0.167
 
 
 def test_preflight_refuses_a_shared_placement_that_does_not_fit(capsys: pytest.CaptureFixture[str]) -> None:

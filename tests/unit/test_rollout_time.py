@@ -182,13 +182,23 @@ def test_dedicated_without_hand_over_and_alternating(
 
 def test_shared_by_hand(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """Both pools on all 8 GPUs (4 learner engines of TP 2, 8 explorer engines of TP 1) at the
-    fractions s2l plan computes: each figure moved from 0.8 x 80 GiB to its fraction's pool by
-    (pool - W/t) / pool (memory-bound, same TP and context); a mixing step takes both pools' work
-    over the 8 GPUs, a step after T_mix the learner's alone at its (smaller) pool."""
+    mem_fraction_static values s2l plan computes (the note: what to configure); the explorer's pool is
+    its value of what the learner engine leaves, 1 - learner - 10/80 of 80 GiB. Each figure moved from
+    0.8 x 80 GiB to its pool by (pool - W/t) / pool (memory-bound, same TP and context); a mixing step
+    takes both pools' work over the 8 GPUs, a step after T_mix the learner's alone at its (smaller) pool."""
     out = plan_json(capsys, calibrated(tmp_path))
     shared = layout(out, "shared")
+    found = re.fullmatch(
+        r"mem_fraction_static learner ([\d.]+) \(computed\), explorer ([\d.]+) \(computed; of the memory "
+        r"the learner engines leave, ([\d.]+) of the GPU's\)",
+        shared["note"],
+    )
+    assert found, shared["note"]
+    learner, explorer, base = map(float, found.groups())
+    assert base == pytest.approx(1 - learner - 10 / 80, abs=5e-4)
     fractions = shared["fractions"]
-    assert fractions["learner"] + fractions["explorer"] <= 0.75  # 80 GiB less 10 GiB per engine
+    assert fractions == pytest.approx({"learner": learner, "explorer": explorer * (1 - learner - 10 / 80)})
+    assert 0.748 < fractions["learner"] + fractions["explorer"] <= 0.75  # 80 GiB less 10 GiB per engine
     weights = {"learner": W_8B / 2, "explorer": load_arch("qwen3-1.7b").param_count() * 2}
     figures = {"learner": 500.0, "explorer": 1000.0}
     measured = 0.8 * 80 * GIB
