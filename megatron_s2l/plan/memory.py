@@ -92,6 +92,7 @@ from megatron_s2l.kernels import default_chunk_size
 from megatron_s2l.learner.hf_config import padded_vocab_size
 from megatron_s2l.learner.micro_batches import micro_batch_rows
 from megatron_s2l.learner.parallel import check_parallel_sizes
+from megatron_s2l.rollout.placement import shared_gpu_fit_errors
 
 if TYPE_CHECKING:
     from megatron_s2l.config import S2LConfig
@@ -729,22 +730,7 @@ def _shared_reasons(
     rollout = cfg.rollout
     learner, explorer = rollout.learner, rollout.explorer
     where = "rollout.explorer.placement shared"
-    reasons = []
-    if learner.engine.tp % explorer.engine.tp:
-        reasons.append(
-            f"{where} puts each explorer engine on GPUs of one learner engine: rollout.explorer.engine.tp "
-            f"({explorer.engine.tp}) must divide rollout.learner.engine.tp ({learner.engine.tp})"
-        )
-    learner_gpus = learner.num_engines * learner.engine.tp
-    explorer_gpus = explorer.num_engines * explorer.engine.tp
-    if explorer_gpus > learner_gpus:
-        reasons.append(
-            f"{where}: the explorer engines ({explorer.num_engines} x TP {explorer.engine.tp}) need "
-            f"{explorer_gpus} GPUs, the learner engines have {learner_gpus} (one explorer engine per GPU at "
-            "most): lower rollout.explorer.num_engines"
-        )
-    if rollout.colocate:
-        reasons.append(f"{where} with rollout.colocate: the learner engines share the learner's GPUs already")
+    reasons = shared_gpu_fit_errors(learner, explorer)
     free, needed, fractions = plan.free_fraction, plan.needed, plan.fractions
     budget = (
         f"{free:.3f} of {gpu_mem_gib:g} GiB is left for both after SGLang's "

@@ -173,23 +173,10 @@ def placement_errors(config: RolloutConfig, *, live_explorer: bool) -> list[str]
 
 
 def shared_gpu_errors(learner: EnginePoolConfig, explorer: EnginePoolConfig) -> list[str]:
-    """Why the explorer's engines cannot share the learner engines' GPUs (`share_gpus`): an explorer
-    TP that does not divide the learner's, more explorer engines than the learner engines' GPUs hold,
-    or a `mem_fraction_static` left to SGLang's default (which lets one server take nearly all of a
-    GPU: with two on it, each must be told its share)."""
-    learner_tp, tp = learner.engine.tp, explorer.engine.tp
-    errors = []
-    if learner_tp % tp:
-        errors.append(
-            f"rollout.explorer.engine.tp ({tp}) must divide rollout.learner.engine.tp ({learner_tp}) "
-            "with rollout.explorer.placement shared: each explorer engine runs on GPUs of one learner engine"
-        )
-    elif explorer.num_engines > learner.num_engines * (learner_tp // tp):
-        errors.append(
-            f"rollout.explorer.num_engines ({explorer.num_engines}): with rollout.explorer.placement "
-            f"shared the learner engines' {learner.num_engines * learner_tp} GPUs hold "
-            f"{learner.num_engines * (learner_tp // tp)} explorer engines of TP {tp}, one per {tp} GPUs"
-        )
+    """Why the explorer's engines cannot share the learner engines' GPUs (`share_gpus`): those of
+    `shared_gpu_fit_errors`, or a `mem_fraction_static` left to SGLang's default (which lets one server
+    take nearly all of a GPU: with two on it, each must be told its share)."""
+    errors = shared_gpu_fit_errors(learner, explorer)
     unset = [
         f"rollout.{name}.engine.mem_fraction_static"
         for name, pool in (("learner", learner), ("explorer", explorer))
@@ -202,6 +189,28 @@ def shared_gpu_errors(learner: EnginePoolConfig, explorer: EnginePoolConfig) -> 
             "suggests values"
         )
     return errors
+
+
+def shared_gpu_fit_errors(learner: EnginePoolConfig, explorer: EnginePoolConfig) -> list[str]:
+    """Whether the shared explorer's engines fit on the learner engines' GPUs at all (also checked by
+    `s2l plan`, whose fractions may be unset): an explorer TP that does not divide the learner's, or
+    more explorer engines than the learner engines' GPUs hold."""
+    learner_tp, tp = learner.engine.tp, explorer.engine.tp
+    if learner_tp % tp:
+        return [
+            f"rollout.explorer.engine.tp ({tp}) must divide rollout.learner.engine.tp ({learner_tp}) "
+            "with rollout.explorer.placement shared: each explorer engine runs on GPUs of one learner engine"
+        ]
+    fit = learner.num_engines * (learner_tp // tp)
+    if explorer.num_engines > fit:
+        gpus = learner.num_engines * learner_tp
+        return [
+            f"rollout.explorer.num_engines ({explorer.num_engines}): with rollout.explorer.placement "
+            f"shared the explorer engines ({explorer.num_engines} x TP {tp}) need "
+            f"{explorer.num_engines * tp} GPUs, the learner engines have {gpus}: the learner engines' "
+            f"{gpus} GPUs hold {fit} explorer engines of TP {tp}, one per {tp} GPUs"
+        ]
+    return []
 
 
 def share_gpus(learner_blocks: list[list[str]], tp: int, num_engines: int) -> list[list[str]]:
