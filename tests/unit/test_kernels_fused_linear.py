@@ -77,7 +77,12 @@ def test_fused_linear_grpo_loss(backend: str) -> None:
         h, w, targets, old, adv, mask, FULL, ref_logprobs=ref, chunk_size=5, backend=backend
     )
     grads = torch.autograd.grad(loss, (h, w))
-    assert rel_err(loss, ref_loss, floor=1e-3) < 1e-5
+    # Compared at the size of the summed terms (the loss with |advantages|), not of their
+    # possibly cancelled sum: a floor of 1e-3 failed 8 of 1,500 random batches.
+    scale, _ = grpo_loss(
+        FULL, ref_logp, old.double(), adv.abs().double(), mask, ref_logprobs=ref.double(), entropy=ref_entropy
+    )
+    assert rel_err(loss, ref_loss, floor=abs(scale.item())) < 1e-5
     assert max(rel_err(g, r) for g, r in zip(grads, ref_grads, strict=True)) < 1e-5
     assert {"pg_loss", "kl", "entropy", "clipfrac_high"} <= metrics.keys()
 
