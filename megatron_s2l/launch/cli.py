@@ -39,6 +39,7 @@ from megatron_s2l.launch.plan import (
     format_dry_run,
     plan_launch,
 )
+from megatron_s2l.rollout.config import api_key_from_env
 from megatron_s2l.run.rundir import RunDir
 from megatron_s2l.run.stop import STOPPED_EXIT_CODE, stopped_at
 
@@ -162,8 +163,10 @@ def run_node(plan: LaunchPlan, rank: int, engine_wait_s: float, source: RunSourc
     """Run node `rank`'s commands as supervised children; the learner node ends the engine nodes."""
     node = plan.nodes[rank]
     for var in sorted(set(plan.api_key_envs.values())):
-        if not os.environ.get(var):
-            raise ConfigError(f"the engines' API key variable {var} is unset or empty on {node.host}")
+        try:
+            api_key_from_env(var)
+        except ValueError as e:
+            raise ConfigError(f"the engines' {e} on {node.host}") from None
     control_key = os.environ[plan.api_key_envs["learner"]]  # every node has it: checked above
     print(f"s2l launch: node {rank} ({node.host}): {node.summary}", flush=True)
     if node.role == "engines":

@@ -44,6 +44,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def api_key_from_env(var: str) -> str:
+    """The engines' API key in environment variable `var`. Refused: unset or empty, and a key that
+    starts with '-': SGLang turns its config file into the arguments `--api-key VALUE`, and argparse
+    takes such a value for a flag, so the server would exit at start-up."""
+    key = os.environ.get(var)
+    if not key:
+        raise ValueError(f"api_key_env: the environment variable {var} is unset or empty")
+    if key.startswith("-"):
+        raise ValueError(
+            f"api_key_env: the key in {var} starts with '-', which SGLang's argument parser reads as a "
+            "flag; use a key that does not"
+        )
+    return key
+
+
 @dataclass(kw_only=True, slots=True)
 class EngineConfig:
     """How to start one SGLang server (the model path is given separately)."""
@@ -70,8 +85,9 @@ class EngineConfig:
     api_key_env: str = ""
     """Name of the environment variable that holds the engines' API key (SGLang `--api-key`; the
     client and the weight sync send it as a bearer token). Required when `host` is not a loopback
-    address; without one, the engines a run starts get a random key of that run. The key itself never
-    enters the config file, a command line, the logs or the metrics."""
+    address; without one, the engines a run starts get a random key of that run. A key starting with
+    '-' is refused (SGLang's argument parser reads it as a flag). The key itself never enters the
+    config file, a command line, the logs or the metrics."""
     sleep_on_idle: bool = True
     """`--sleep-on-idle`: an idle scheduler otherwise keeps a core busy."""
     extra_args: list[str] = field(default_factory=list)
@@ -111,13 +127,8 @@ class EngineConfig:
 
     @property
     def api_key(self) -> str | None:
-        """The API key from `api_key_env` (None without one); an unset variable is an error."""
-        if not self.api_key_env:
-            return None
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise ValueError(f"api_key_env: the environment variable {self.api_key_env} is unset or empty")
-        return key
+        """The API key from `api_key_env` (None without one); see `api_key_from_env`."""
+        return api_key_from_env(self.api_key_env) if self.api_key_env else None
 
     def resolved_device(self) -> Literal["cpu", "cuda"]:
         if self.device != "auto":

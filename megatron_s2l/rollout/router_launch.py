@@ -15,22 +15,21 @@ import sys
 import yaml
 
 
-def split_key_file(argv: list[str]) -> tuple[str | None, list[str]]:
-    """(the key file, the router's own flags)."""
+def router_arguments(argv: list[str]) -> list[str]:
+    """The router's own flags, with `--api-key-file FILE` replaced by the key it holds."""
     if "--api-key-file" not in argv:
-        return None, argv
+        return argv
     at = argv.index("--api-key-file")
-    return argv[at + 1], argv[:at] + argv[at + 2 :]
+    with open(argv[at + 1]) as file:
+        key = yaml.safe_load(file)["api-key"]
+    # One argument, `--api-key=KEY`: a separate value starting with '-' would read as a flag.
+    return argv[:at] + argv[at + 2 :] + [f"--api-key={key}"]
 
 
 def main(argv: list[str]) -> None:
     from sglang_router.launch_router import launch_router, parse_router_args
 
-    key_file, router_argv = split_key_file(argv)
-    if key_file is not None:
-        with open(key_file) as file:
-            router_argv += ["--api-key", str(yaml.safe_load(file)["api-key"])]
-    launch_router(parse_router_args(router_argv))
+    launch_router(parse_router_args(router_arguments(argv)))
 
 
 if __name__ == "__main__":

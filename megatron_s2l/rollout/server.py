@@ -58,9 +58,11 @@ _PR_SET_PDEATHSIG = 1
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 _SIGTERM = int(signal.SIGTERM)
 
-RUN_API_KEY = secrets.token_urlsafe(32)
+RUN_API_KEY = secrets.token_hex(32)
 """The API key of the servers this process starts whose config names no `api_key_env`: loopback
-engines get a key too, so that a process that takes an engine's port cannot pass for it."""
+engines get a key too, so that a process that takes an engine's port cannot pass for it. Hex, never
+a leading '-' (which SGLang's argument parser takes for a flag: see `api_key_from_env`); a URL-safe
+key started with one in 1 of 64 runs and the first server exited at once."""
 REDACTED = "<api-key>"
 """What replaces an API key in every log line and error message written here."""
 

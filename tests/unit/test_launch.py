@@ -364,6 +364,9 @@ def test_node_rank_runs_that_nodes_commands(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("S2L_ENGINE_API_KEY")
     with pytest.raises(ValueError, match="S2L_ENGINE_API_KEY is unset"):
         launch_cli.run_node(plan, 1, 60, source)
+    monkeypatch.setenv("S2L_ENGINE_API_KEY", "-k")
+    with pytest.raises(ValueError, match="key in S2L_ENGINE_API_KEY starts with '-'"):
+        launch_cli.run_node(plan, 1, 60, source)
 
 
 def save_run_config(run_dir: Path, config: str, overrides: list[str]) -> None:

@@ -88,6 +88,36 @@ def test_api_key_comes_from_the_environment_and_never_enters_the_config(monkeypa
     monkeypatch.setenv("S2L_TEST_KEY", "s3cret-value")
     assert engine.api_key == "s3cret-value"
     assert "s3cret-value" not in repr(to_dict(engine)) and "s3cret-value" not in repr(engine)
+    monkeypatch.setenv("S2L_TEST_KEY", "-s3cret")
+    with pytest.raises(ValueError, match="key in S2L_TEST_KEY starts with '-'") as refused:
+        _ = engine.api_key
+    assert "s3cret" not in str(refused.value)
+
+
+def test_the_keys_given_to_sglang_parse_back_and_a_leading_dash_would_not(tmp_path) -> None:
+    """SGLang reads the engine's key file as the arguments `--api-key VALUE` (a key starting with
+    '-' made the server exit at start-up in 1 of 64 runs); the router gets `--api-key=VALUE`."""
+    from sglang.srt.server_args import prepare_server_args
+    from sglang_router.launch_router import parse_router_args
+
+    from megatron_s2l.rollout.router_launch import router_arguments
+    from megatron_s2l.rollout.server import RUN_API_KEY, key_file_text
+
+    def engine_parse(key: str):
+        key_file = tmp_path / "key.yaml"
+        key_file.write_text(key_file_text(key))
+        return prepare_server_args(["--model-path", "/models/x", "--config", str(key_file)])
+
+    assert engine_parse(RUN_API_KEY).api_key == RUN_API_KEY
+    with pytest.raises(SystemExit):  # why `api_key_from_env` refuses such keys
+        engine_parse("-" + RUN_API_KEY)
+    for key in (RUN_API_KEY, "-" + RUN_API_KEY):
+        key_file = tmp_path / "router-key.yaml"
+        key_file.write_text(key_file_text(key))
+        argv = router_arguments(["--api-key-file", str(key_file), "--worker-urls", "http://127.0.0.1:1"])
+        assert key not in argv[argv.index("--worker-urls") :]
+        args = parse_router_args(argv)
+        assert args.api_key == key and args.worker_urls == ["http://127.0.0.1:1"]
 
 
 def test_pool_config_validation_and_consecutive_ports(tmp_path) -> None:
