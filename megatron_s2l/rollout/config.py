@@ -46,8 +46,9 @@ def is_loopback(host: str) -> bool:
 
 def api_key_from_env(var: str) -> str:
     """The engines' API key in environment variable `var`. Refused: unset or empty, and a key that
-    starts with '-': SGLang turns its config file into the arguments `--api-key VALUE`, and argparse
-    takes such a value for a flag, so the server would exit at start-up."""
+    starts with '-': SGLang turns its config file into the arguments `--api-key VALUE`
+    (sglang/srt/utils/server_args_config_parser.py, `_add_scalar_arg`), and argparse takes such a
+    value for a flag, so the server would exit at start-up."""
     key = os.environ.get(var)
     if not key:
         raise ValueError(f"api_key_env: the environment variable {var} is unset or empty")
